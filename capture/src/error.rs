@@ -1,0 +1,1 @@
+pub use std::io::Error as CaptureError;

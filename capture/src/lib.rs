@@ -1,0 +1,24 @@
+//! Packet capture for sesame: everything between the wire and a [`Knock`].
+//!
+//! Layers, bottom up:
+//! - [`sys`] (private): the only unsafe code in the project: AF_PACKET sockets,
+//!   the TPACKET_V3 ring mapping, BPF attachment and interface queries.
+//! - [`ring`]: a safe TPACKET_V3 RX ring; blocks are walked in place and handed
+//!   back to the kernel when their guard drops.
+//! - [`filter`]: a classic BPF program builder that passes only frames that can be
+//!   knocks, plus a small interpreter so the programs are tested without root.
+//! - [`wire`]: typed zero-copy views over Ethernet, IPv4, IPv6, TCP and UDP headers.
+//! - [`frame`]: a whole frame to a [`Knock`] summary, or a counted reason to skip it.
+#![deny(unsafe_code)]
+
+pub mod error;
+pub mod filter;
+pub mod frame;
+pub mod iface;
+pub mod ring;
+#[allow(unsafe_code)]
+mod sys;
+pub mod wire;
+
+pub use error::CaptureError;
+pub use frame::{parse_frame, FrameError, Knock, Proto};
