@@ -318,3 +318,91 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A real OpenSSH server listening on port 22 (IPv4 and IPv6) inside a namespace,
+/// with a throw-away ed25519 host key. Killed (and its key removed) on drop.
+#[derive(Debug)]
+pub struct Sshd {
+    // Field order is drop order: the process goes first, then its directory.
+    child: ChildGuard,
+    dir: TempDir,
+}
+
+impl Sshd {
+    /// Generates a host key, starts `/usr/sbin/sshd -D -e` in `ns` with no config file
+    /// (built-in defaults, no PAM) and waits up to 5 s until port 22 listens.
+    pub fn start(ns: &Netns) -> io::Result<Sshd> {
+        let sshd = which("sshd")
+            .ok_or_else(|| io::Error::other("sshd not found (apt-get install openssh-server)"))?;
+        let keygen = which("ssh-keygen").ok_or_else(|| io::Error::other("ssh-keygen not found"))?;
+        let dir = TempDir::new("sshd")?;
+        let key = dir.join("hostkey");
+        run(Command::new(keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "sesame-lab", "-f"])
+            .arg(&key))?;
+        // Privilege separation directory; sshd refuses to start without it.
+        std::fs::create_dir_all("/run/sshd")?;
+        let log = std::fs::File::create(dir.join("sshd.log"))?;
+        let mut cmd = ns.command(&sshd);
+        cmd.args(["-D", "-e", "-f", "/dev/null"])
+            .arg("-o")
+            .arg(format!("HostKey={}", key.display()))
+            .args(["-o", "ListenAddress=0.0.0.0", "-o", "ListenAddress=::", "-o", "PidFile=none"])
+            .args(["-o", "UsePAM=no", "-o", "UseDNS=no", "-o", "MaxStartups=100"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = ChildGuard::spawn(&mut cmd)?;
+        let listening = wait_until(Duration::from_secs(5), || {
+            let out =
+                ns.sh("ss -Hltn 'sport = :22'").map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            // One line per listening socket: 0.0.0.0:22 and [::]:22.
+            out.map(|s| s.lines().count() >= 2).unwrap_or(false)
+        });
+        if !listening || !child.is_running() {
+            let log = std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default();
+            return Err(io::Error::other(format!("sshd did not come up in {}: {log}", ns.name())));
+        }
+        Ok(Sshd { child, dir })
+    }
+
+    /// What sshd wrote to stdout/stderr so far (`-e`: its log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+
+    /// Whether sshd is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_running()
+    }
+}
+
+/// The base policy of the classic knockd set-up, for both iptables and ip6tables:
+/// accept ESTABLISHED,RELATED, drop every other tcp/22 packet. New SSH connections
+/// fail until a rule accepting the knocker is put *before* the DROP.
+pub fn ssh_base_policy(ns: &Netns) -> io::Result<()> {
+    for tool in ["iptables", "ip6tables"] {
+        ns.sh_ok(&format!(
+            "{tool} -A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT && \
+             {tool} -A INPUT -p tcp --dport 22 -j DROP"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Opens a TCP connection from `ns` to `addr:port` and reads the first 8 bytes the
+/// server sends, giving up after `timeout`. Returns what was read (empty when the
+/// connection could not be made, e.g. because a firewall dropped the SYN).
+pub fn tcp_banner(ns: &Netns, addr: std::net::IpAddr, port: u16, timeout: Duration) -> String {
+    let script = format!(
+        "exec timeout {:.1} bash -c 'exec 3<>/dev/tcp/{addr}/{port} && head -c 8 <&3' 2>/dev/null",
+        timeout.as_secs_f64()
+    );
+    ns.sh(&script).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+/// Whether a new SSH connection from `ns` to `addr` gets through: port 22 answers with
+/// an `SSH-2.0` banner within `timeout`.
+pub fn ssh_reachable(ns: &Netns, addr: std::net::IpAddr, timeout: Duration) -> bool {
+    tcp_banner(ns, addr, 22, timeout).starts_with("SSH-2.0")
+}

@@ -1,1 +1,118 @@
-fn main() {}
+//! `sesame`: the knock client and the config tools.
+//!
+//! Exit status: 0 on success, 2 for a bad command line or an invalid config, 1 for
+//! anything else (a host that does not resolve, a socket error).
+
+use clap::{Parser, Subcommand};
+use sesame_engine::client::{self, Family, KnockPlan};
+use sesame_engine::config::{native, Config, ConfigError, LoadError};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "sesame", version, about = "sesame: port-knocking client and tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Knock on HOST's ports, like knockd's `knock`.
+    Knock {
+        /// make all port hits use UDP (default is TCP)
+        #[arg(short = 'u', long = "udp")]
+        udp: bool,
+        /// wait <t> milliseconds between port hits
+        #[arg(short = 'd', long = "delay", value_name = "t", default_value_t = 0)]
+        delay: u64,
+        /// force usage of IPv4
+        #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+        ipv4: bool,
+        /// force usage of IPv6
+        #[arg(short = '6', long = "ipv6")]
+        ipv6: bool,
+        /// be verbose
+        #[arg(short = 'v', long = "verbose")]
+        verbose: bool,
+        /// host to knock on
+        host: String,
+        /// ports, each PORT[:tcp|:udp]
+        #[arg(required = true)]
+        ports: Vec<String>,
+    },
+    /// Validate a config file (knockd.conf or .toml) and summarise its doors.
+    Check { file: PathBuf },
+    /// Print a knockd.conf as sesame's native TOML.
+    Convert { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sesame: {e:#}");
+            let config_error =
+                e.downcast_ref::<LoadError>().is_some() || e.downcast_ref::<ConfigError>().is_some();
+            ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
+            let mut plan = KnockPlan::new(host, &ports, udp)?;
+            plan.delay = Duration::from_millis(delay);
+            plan.family = if ipv4 {
+                Family::V4
+            } else if ipv6 {
+                Family::V6
+            } else {
+                Family::Any
+            };
+            plan.verbose = verbose;
+            client::knock(&plan, &mut std::io::stdout())
+        }
+        Command::Check { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", config.summary());
+            println!("{}: OK", file.display());
+            Ok(())
+        }
+        Command::Convert { file } => {
+            let config = Config::load(&file)?;
+            print!("{}", native::to_toml(&config));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn knock_takes_knocks_flags() {
+        let c =
+            Cli::try_parse_from(["sesame", "knock", "-u", "-d", "10", "-4", "-v", "h", "7000", "8000:udp"])
+                .unwrap();
+        match c.command {
+            Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
+                assert!(udp && ipv4 && !ipv6 && verbose);
+                assert_eq!((delay, host.as_str(), ports.len()), (10, "h", 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sesame", "knock", "-4", "-6", "h", "1"]).is_err());
+        assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err());
+    }
+}

@@ -1,1 +1,121 @@
-fn main() {}
+//! `sesamed`: the daemon, with knockd's command line.
+//!
+//! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad command line
+//! or a bad configuration (nothing has been opened then), 1 for any other failure
+//! (interface missing, capture socket refused, ...).
+
+use clap::{ArgAction, Parser};
+use sesame_engine::config::{ConfigError, LoadError};
+use sesame_engine::daemon::{self, Settings};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sesamed",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (knockd 0.8 compatible)"),
+    about = "sesamed: port-knock daemon, a drop-in replacement for knockd",
+    disable_help_flag = true,
+    disable_version_flag = true
+)]
+struct Args {
+    /// network interface to listen on (default "eth0")
+    #[arg(short = 'i', long = "interface", value_name = "int")]
+    interface: Option<String>,
+    /// run as a daemon
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// use an alternate config file
+    #[arg(short = 'c', long = "config", value_name = "file", default_value = "/etc/knockd.conf")]
+    config: PathBuf,
+    /// output debug messages
+    #[arg(short = 'D', long = "debug")]
+    debug: bool,
+    /// lookup DNS names (may be a security risk)
+    #[arg(short = 'l', long = "lookup")]
+    lookup: bool,
+    /// use an alternate pidfile
+    #[arg(short = 'p', long = "pidfile", value_name = "file")]
+    pidfile: Option<PathBuf>,
+    /// use an alternate logfile
+    #[arg(short = 'g', long = "logfile", value_name = "file")]
+    logfile: Option<PathBuf>,
+    /// be verbose
+    #[arg(short = 'v', long = "verbose")]
+    verbose: bool,
+    /// only capture ipv4 packets
+    #[arg(short = '4', long = "only-ip-v4")]
+    only_ipv4: bool,
+    /// display version
+    #[arg(short = 'V', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+    /// this help
+    #[arg(short = 'h', long = "help", action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let settings = Settings {
+        config: args.config,
+        interface: args.interface,
+        daemonize: args.daemon,
+        debug: args.debug,
+        lookup: args.lookup,
+        pid_file: args.pidfile,
+        log_file: args.logfile,
+        verbose: args.verbose || args.debug,
+        ipv4_only: args.only_ipv4,
+    };
+    match daemon::run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sesamed: {e:#}");
+            let config_error =
+                e.downcast_ref::<LoadError>().is_some() || e.downcast_ref::<ConfigError>().is_some();
+            ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn accepts_knockd_flags_combined_as_getopt_does() {
+        let a = Args::try_parse_from([
+            "sesamed",
+            "-dv4",
+            "-i",
+            "eth1",
+            "-c",
+            "/tmp/k.conf",
+            "-p",
+            "/run/p",
+            "-g",
+            "/l",
+        ])
+        .unwrap();
+        assert!(a.daemon && a.verbose && a.only_ipv4 && !a.debug && !a.lookup);
+        assert_eq!(a.interface.as_deref(), Some("eth1"));
+        assert_eq!(a.config, PathBuf::from("/tmp/k.conf"));
+        let a = Args::try_parse_from(["sesamed", "-D", "-l"]).unwrap();
+        assert!(a.debug && a.lookup);
+        assert_eq!(a.config, PathBuf::from("/etc/knockd.conf"));
+        assert!(Args::try_parse_from(["sesamed", "-x"]).is_err());
+    }
+}

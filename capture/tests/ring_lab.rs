@@ -1,0 +1,508 @@
+//! The TPACKET_V3 ring against a real kernel, in a throw-away lab (needs root).
+//!
+//! A packet socket belongs to the network namespace it was created in, so each test
+//! re-runs itself (this test binary, `--exact` that test) inside the lab's server
+//! namespace with `ip netns exec`; the copy inside finds the lab in its environment,
+//! opens rings on the server's veth and sends from the client namespace with python3.
+//! The outer copy owns the lab (dropped, with both namespaces, whatever happens),
+//! bounds the inner run in time and prints its output.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sesame_capture::filter::{op, FilterSpec, Insn, Program};
+use sesame_capture::iface;
+use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig};
+use sesame_capture::{parse_frame, Knock, Proto};
+use sesame_lab::{ChildGuard, Lab, TempDir};
+
+const CHILD: &str = "SESAME_RING_LAB_CHILD";
+/// How long the inner run may take before it is killed and the test fails.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// The lab as the inner run sees it.
+struct Env {
+    server_if: String,
+    client_if: String,
+    client_ns: String,
+    server_v4: Ipv4Addr,
+    client_v4: Ipv4Addr,
+    server_v6: Ipv6Addr,
+}
+
+impl Env {
+    fn from_env() -> Env {
+        let var = |k: &str| std::env::var(format!("{CHILD}_{k}")).unwrap_or_else(|_| panic!("{k} not set"));
+        Env {
+            server_if: var("SERVER_IF"),
+            client_if: var("CLIENT_IF"),
+            client_ns: var("CLIENT_NS"),
+            server_v4: var("SERVER_V4").parse().unwrap(),
+            client_v4: var("CLIENT_V4").parse().unwrap(),
+            server_v6: var("SERVER_V6").parse().unwrap(),
+        }
+    }
+
+    /// Runs a python3 program in the client namespace; fails the test if it fails.
+    fn client_py(&self, program: &str) -> Output {
+        let out = self.client_cmd("python3").args(["-c", program]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "client python failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    fn client_cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.client_ns, program]);
+        c
+    }
+
+    fn client_sh(&self, script: &str) {
+        let out = self.client_cmd("/bin/sh").args(["-c", script]).stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn server_mac(&self) -> String {
+        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.server_if))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Runs `body` inside the server namespace of a fresh lab (see the module doc).
+fn in_server_ns(test: &str, body: fn(&Env)) {
+    if std::env::var_os(CHILD).is_some() {
+        body(&Env::from_env());
+        return;
+    }
+    if !sesame_lab::require_root(test) {
+        return;
+    }
+    let lab = Lab::new("rl").expect("build lab");
+    let dir = TempDir::new("rl").unwrap();
+    let log_path = dir.join("inner.log");
+    let log = File::create(&log_path).unwrap();
+    let mut cmd = lab.server.command(std::env::current_exe().unwrap());
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .env(format!("{CHILD}_SERVER_IF"), &lab.server_if)
+        .env(format!("{CHILD}_CLIENT_IF"), &lab.client_if)
+        .env(format!("{CHILD}_CLIENT_NS"), lab.client.name())
+        .env(format!("{CHILD}_SERVER_V4"), lab.server_v4.to_string())
+        .env(format!("{CHILD}_CLIENT_V4"), lab.client_v4.to_string())
+        .env(format!("{CHILD}_SERVER_V6"), lab.server_v6.to_string())
+        .env("RUST_BACKTRACE", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut child = ChildGuard::spawn(&mut cmd).expect("start inner test run");
+    let status = child.wait_timeout(CHILD_TIMEOUT).unwrap();
+    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
+    println!("---- inner run of {test} in {} ----\n{out}", lab.server.name());
+    match status {
+        Some(st) if st.success() => {
+            assert!(out.contains("1 passed"), "inner run did not run {test}")
+        }
+        Some(st) => panic!("inner run of {test} failed ({st})"),
+        None => panic!("inner run of {test} did not finish in {CHILD_TIMEOUT:?}"),
+    }
+}
+
+/// One captured frame, copied out of the ring.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Captured {
+    data: Vec<u8>,
+    vlan_tci: Option<u16>,
+}
+
+impl Captured {
+    fn knock(&self) -> Option<Knock> {
+        parse_frame(&self.data).ok()
+    }
+}
+
+/// What a ring read delivered.
+#[derive(Debug, Default)]
+struct Collected {
+    frames: Vec<Captured>,
+    blocks: usize,
+}
+
+impl Collected {
+    fn knocks(&self) -> Vec<Knock> {
+        self.frames.iter().filter_map(Captured::knock).collect()
+    }
+
+    fn ports(&self) -> Vec<(Proto, u16)> {
+        let mut p: Vec<_> = self.knocks().iter().map(|k| (k.proto, k.dst_port)).collect();
+        p.sort();
+        p
+    }
+}
+
+/// Reads blocks until `enough` holds (then `settle` more, for stragglers) or `timeout`.
+fn collect(ring: &mut Ring, timeout: Duration, enough: impl Fn(&Collected) -> bool) -> Collected {
+    let settle = Duration::from_millis(150);
+    let mut got = Collected::default();
+    let deadline = Instant::now() + timeout;
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let until = settle_until.unwrap_or(deadline).min(deadline);
+        if now >= until {
+            break;
+        }
+        let Some(block) = ring.next_block(until - now).unwrap() else { continue };
+        got.blocks += 1;
+        let n = block.len();
+        let before = got.frames.len();
+        got.frames.extend(block.packets().map(|f| Captured { data: f.data.to_vec(), vlan_tci: f.vlan_tci }));
+        assert_eq!(got.frames.len() - before, n, "walk yields num_pkts frames");
+        drop(block);
+        if settle_until.is_none() && enough(&got) {
+            settle_until = Some(Instant::now() + settle);
+        }
+    }
+    got
+}
+
+/// Empties the ring of whatever is in it.
+fn drain(ring: &mut Ring) {
+    collect(ring, Duration::from_millis(100), |_| true);
+}
+
+/// python3 helpers: `tcp(dst, port)` (a connect, refused: one SYN), `udp(dst, port)`,
+/// and `raw(ifname, frame)`, which sends a whole Ethernet frame from an AF_PACKET socket.
+/// A `dst` of `fe80::..%ifname` is scoped to that interface.
+const PY_PRELUDE: &str = r#"import socket, struct
+def addr(dst, port):
+    if ':' not in dst:
+        return socket.AF_INET, (dst, port)
+    host, _, scope = dst.partition('%')
+    return socket.AF_INET6, (host, port, 0, socket.if_nametoindex(scope) if scope else 0)
+def tcp(dst, port):
+    fam, a = addr(dst, port)
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try: s.connect(a)
+    except OSError: pass
+    s.close()
+def udp(dst, port):
+    fam, a = addr(dst, port)
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.sendto(b'knock', a)
+    s.close()
+def csum(b):
+    if len(b) % 2: b += b'\0'
+    t = sum(struct.unpack('!%dH' % (len(b) // 2), b))
+    while t >> 16: t = (t & 0xffff) + (t >> 16)
+    return ~t & 0xffff
+def udp4(src, dst, sport, dport, payload=b'knock'):
+    u = struct.pack('!HHHH', sport, dport, 8 + len(payload), 0) + payload
+    h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(u), 1, 0, 64, 17, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack('!H', csum(h)) + h[12:] + u
+def raw(ifname, frame):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    s.send(frame)
+    s.close()
+"#;
+
+/// A python3 program that sends TCP SYNs and UDP datagrams to `dst`.
+fn sender(dst: &str, sends: &[(&str, u16)]) -> String {
+    let mut s = String::from(PY_PRELUDE);
+    for (proto, port) in sends {
+        s.push_str(&format!("{proto}('{dst}', {port})\n"));
+    }
+    s
+}
+
+fn spec(env: &Env, tcp: &[u16], udp: &[u16]) -> FilterSpec {
+    let mut s = FilterSpec { tcp_ports: tcp.to_vec(), udp_ports: udp.to_vec(), ..FilterSpec::default() };
+    for a in iface::addresses(&env.server_if).unwrap() {
+        match a {
+            IpAddr::V4(a) => s.v4_dst.push(a),
+            IpAddr::V6(a) => s.v6_dst.push(a),
+        }
+    }
+    s
+}
+
+fn knock_ring(env: &Env, cfg: &RingConfig, tcp: &[u16], udp: &[u16]) -> Ring {
+    let program = Program::knock(&spec(env, tcp, udp)).unwrap();
+    Ring::open(&env.server_if, cfg, &program).unwrap()
+}
+
+#[test]
+fn interface_queries() {
+    in_server_ns("interface_queries", |env| {
+        assert!(iface::exists(&env.server_if));
+        assert!(!iface::exists(&env.client_if), "the client's end is in the other namespace");
+        assert!(iface::index(&env.server_if).unwrap() > 1);
+        let addrs = iface::addresses(&env.server_if).unwrap();
+        assert!(addrs.contains(&IpAddr::V4(env.server_v4)), "{addrs:?}");
+        assert!(addrs.contains(&IpAddr::V6(env.server_v6)), "{addrs:?}");
+        assert!(!addrs.contains(&IpAddr::V4(env.client_v4)), "{addrs:?}");
+        // The kernel adds the link-local address when the link comes up.
+        let ll = addrs.iter().any(|a| matches!(a, IpAddr::V6(v) if v.segments()[0] == 0xfe80));
+        assert!(ll, "no IPv6 link-local address in {addrs:?}");
+    });
+}
+
+#[test]
+fn captures_exactly_the_listed_knocks() {
+    in_server_ns("captures_exactly_the_listed_knocks", |env| {
+        let mut ring = knock_ring(env, &RingConfig::default(), &[7000, 8000], &[9000]);
+        assert_eq!(ring.ifname(), env.server_if);
+        let dst = env.server_v4.to_string();
+        env.client_py(&sender(&dst, &[("tcp", 7000), ("udp", 9000), ("tcp", 5555), ("udp", 7000)]));
+        let got = collect(&mut ring, Duration::from_secs(3), |c| c.frames.len() >= 2);
+        let knocks = got.knocks();
+        println!("{} frames in {} blocks: {knocks:?}", got.frames.len(), got.blocks);
+        assert_eq!(got.frames.len(), 2, "only the two listed knocks pass: {:?}", got.frames);
+        assert_eq!(knocks.len(), 2, "both parse as knocks");
+        assert_eq!(got.ports(), vec![(Proto::Tcp, 7000), (Proto::Udp, 9000)]);
+        for k in &knocks {
+            assert_eq!(k.dst, IpAddr::V4(env.server_v4));
+            assert_eq!(k.src, IpAddr::V4(env.client_v4));
+        }
+        let syn = knocks.iter().find(|k| k.proto == Proto::Tcp).unwrap();
+        assert_eq!(syn.tcp_flags, sesame_capture::frame::tcp_flags::SYN);
+        let st = ring.stats().unwrap();
+        assert_eq!((st.packets, st.drops), (2, 0), "{st:?}");
+        // Counters are cumulative although the kernel resets its own on every read.
+        assert_eq!(ring.stats().unwrap(), st);
+    });
+}
+
+#[test]
+fn many_datagrams_cross_blocks_without_drops() {
+    in_server_ns("many_datagrams_cross_blocks_without_drops", |env| {
+        const N: usize = 2000;
+        let cfg = RingConfig { block_size: 4096 * 4, block_count: 4, ..RingConfig::default() };
+        let mut ring = knock_ring(env, &cfg, &[], &[9000]);
+        // Paced a little (2 ms every 50) so a debug-build reader keeps up on 2 cores.
+        let program = format!(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for i in range({N}):\n    s.sendto(b'k%05d' % i, ('{}', 9000))\n    if i % 50 == 49: time.sleep(0.002)\n",
+            env.server_v4
+        );
+        let mut sender =
+            ChildGuard::spawn(env.client_cmd("python3").args(["-c", &program]).stdin(Stdio::null())).unwrap();
+        let got = collect(&mut ring, Duration::from_secs(10), |c| c.frames.len() >= N);
+        let st = sender.wait_timeout(Duration::from_secs(5)).unwrap().expect("sender finished");
+        assert!(st.success());
+        let stats = ring.stats().unwrap();
+        println!("{} frames in {} blocks; {stats:?}", got.frames.len(), got.blocks);
+        assert_eq!(stats.drops, 0, "{stats:?}");
+        assert_eq!(got.frames.len(), N);
+        assert!(got.frames.iter().all(|f| f.knock().map(|k| k.dst_port) == Some(9000)));
+        // Every datagram once, in order.
+        let seq: Vec<usize> = got
+            .frames
+            .iter()
+            .map(|f| std::str::from_utf8(&f.data[14 + 20 + 8 + 1..14 + 20 + 8 + 6]).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(seq, (0..N).collect::<Vec<_>>());
+        // Four blocks cannot hold 2000 frames: blocks went back to the kernel and came round again.
+        assert!(got.blocks > 2 * cfg.block_count as usize, "only {} blocks", got.blocks);
+        assert_eq!(stats.packets, N as u64);
+    });
+}
+
+#[test]
+fn ipv6_knocks_arrive() {
+    in_server_ns("ipv6_knocks_arrive", |env| {
+        let mut ring = knock_ring(env, &RingConfig::default(), &[7000], &[9000]);
+        let ll = iface::addresses(&env.server_if)
+            .unwrap()
+            .into_iter()
+            .find_map(|a| match a {
+                IpAddr::V6(v) if v.segments()[0] == 0xfe80 => Some(v),
+                _ => None,
+            })
+            .expect("server link-local address");
+        // A static neighbour entry, so the client need not wait for the server's DAD.
+        env.client_sh(&format!("ip neigh replace {ll} lladdr {} dev {}", env.server_mac(), env.client_if));
+        let global = env.server_v6.to_string();
+        let scoped = format!("{ll}%{}", env.client_if);
+        env.client_py(&format!(
+            "{}{}",
+            sender(&global, &[("udp", 9000), ("udp", 9001), ("tcp", 7000)]),
+            sender(&scoped, &[("udp", 9000)]).lines().last().unwrap()
+        ));
+        let got = collect(&mut ring, Duration::from_secs(3), |c| c.frames.len() >= 3);
+        let knocks = got.knocks();
+        println!("{knocks:?}");
+        assert_eq!(got.frames.len(), 3, "{:?}", got.frames);
+        assert_eq!(got.ports(), vec![(Proto::Tcp, 7000), (Proto::Udp, 9000), (Proto::Udp, 9000)]);
+        let dsts: Vec<IpAddr> = knocks.iter().filter(|k| k.proto == Proto::Udp).map(|k| k.dst).collect();
+        assert!(dsts.contains(&IpAddr::V6(env.server_v6)), "{dsts:?}");
+        assert!(dsts.contains(&IpAddr::V6(ll)), "{dsts:?}");
+    });
+}
+
+#[test]
+fn set_filter_changes_what_is_captured() {
+    in_server_ns("set_filter_changes_what_is_captured", |env| {
+        let mut ring = knock_ring(env, &RingConfig::default(), &[7000], &[]);
+        let dst = env.server_v4.to_string();
+        let sends = sender(&dst, &[("tcp", 7000), ("udp", 9000)]);
+        env.client_py(&sends);
+        let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
+        assert_eq!(got.ports(), vec![(Proto::Tcp, 7000)]);
+
+        ring.set_filter(&Program::knock(&spec(env, &[], &[9000])).unwrap()).unwrap();
+        drain(&mut ring);
+        env.client_py(&sends);
+        let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
+        assert_eq!(got.ports(), vec![(Proto::Udp, 9000)]);
+
+        ring.set_filter(&Program::reject_all()).unwrap();
+        drain(&mut ring);
+        env.client_py(&sends);
+        let got = collect(&mut ring, Duration::from_millis(500), |_| false);
+        assert!(got.frames.is_empty(), "{:?}", got.frames);
+    });
+}
+
+/// The kernel's verdicts on real traffic equal the userspace interpreter's.
+#[test]
+fn kernel_and_interpreter_agree() {
+    in_server_ns("kernel_and_interpreter_agree", |env| {
+        let program = Program::knock(&spec(env, &[7000, 8000], &[9000])).unwrap();
+        let mut all = Ring::open(&env.server_if, &RingConfig::default(), &Program::accept_all()).unwrap();
+        let mut knock = Ring::open(&env.server_if, &RingConfig::default(), &program).unwrap();
+        let v4 = env.server_v4.to_string();
+        let v6 = env.server_v6.to_string();
+        let mut py = sender(&v4, &[("tcp", 7000), ("tcp", 8000), ("udp", 9000), ("udp", 8000), ("tcp", 1)]);
+        py.push_str(&sender(&v6, &[("tcp", 8000), ("udp", 9000), ("udp", 7000), ("tcp", 9000)]));
+        // A datagram larger than the MTU: its second fragment must not pass.
+        py.push_str(&format!(
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'x' * 3000, ('{v4}', 9000))\n"
+        ));
+        env.client_py(&py);
+        env.client_sh(&format!("ping -c 1 -W 1 {v4} >/dev/null 2>&1 || true"));
+        std::thread::sleep(Duration::from_millis(100));
+        let everything = collect(&mut all, Duration::from_millis(300), |_| true);
+        let passed = collect(&mut knock, Duration::from_millis(300), |_| true);
+        let count = |frames: Vec<&Captured>| {
+            let mut m: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+            for f in frames {
+                *m.entry(f.data.clone()).or_default() += 1;
+            }
+            m
+        };
+        let expected = count(everything.frames.iter().filter(|f| program.run(&f.data) != 0).collect());
+        let actual = count(passed.frames.iter().collect());
+        println!(
+            "{} frames seen, {} passed the kernel filter, {} the interpreter",
+            everything.frames.len(),
+            passed.frames.len(),
+            expected.values().sum::<usize>()
+        );
+        assert_eq!(actual, expected);
+        // The 5 listed v4 knocks minus udp 8000 and tcp 1, the first fragment of the big
+        // datagram, and v6 tcp 8000 + udp 9000.
+        assert_eq!(passed.frames.len(), 3 + 1 + 2, "{:?}", passed.knocks());
+        assert!(everything.frames.len() > passed.frames.len());
+    });
+}
+
+/// The kernel hands VLAN tags over as metadata (`TP_STATUS_VLAN_VALID`), not in the frame.
+#[test]
+fn vlan_tag_arrives_as_metadata() {
+    in_server_ns("vlan_tag_arrives_as_metadata", |env| {
+        // The client sends through a VLAN device on its veth; the server has none, so
+        // nothing answers, but the tagged frames reach the server's veth.
+        let vlan_dst = Ipv4Addr::new(198, 19, env.server_v4.octets()[2], 1);
+        let vlan_src = Ipv4Addr::new(198, 19, env.server_v4.octets()[2], 2);
+        let vif = "v100";
+        env.client_sh(&format!(
+            "ip link add link {c} name {vif} type vlan id 100 && ip addr add {vlan_src}/24 dev {vif} && \
+             ip link set {vif} up && ip neigh replace {vlan_dst} lladdr {mac} dev {vif}",
+            c = env.client_if,
+            mac = env.server_mac()
+        ));
+        let mut s = spec(env, &[], &[9000]);
+        s.v4_dst.push(vlan_dst);
+        let mut ring =
+            Ring::open(&env.server_if, &RingConfig::default(), &Program::knock(&s).unwrap()).unwrap();
+        env.client_py(&sender(&vlan_dst.to_string(), &[("udp", 9000), ("udp", 9001)]));
+        let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
+        println!("{:?}", got.frames);
+        assert_eq!(got.frames.len(), 1);
+        let f = &got.frames[0];
+        assert_eq!(f.vlan_tci.map(|t| t & 0x0fff), Some(100));
+        assert_eq!(&f.data[12..14], &[0x08, 0x00], "tag is not in the frame");
+        let k = f.knock().unwrap();
+        assert_eq!((k.dst, k.dst_port), (IpAddr::V4(vlan_dst), 9000));
+    });
+}
+
+#[test]
+fn fanout_groups_share_the_packets() {
+    in_server_ns("fanout_groups_share_the_packets", |env| {
+        let program = Program::knock(&spec(env, &[], &[9000])).unwrap();
+        let dst = env.server_v4.to_string();
+        let ten: Vec<(&str, u16)> = vec![("udp", 9000); 10];
+
+        // Round robin: both members get some, nothing is lost or doubled.
+        let cfg = RingConfig {
+            fanout: Some(Fanout { group_id: 7, mode: FanoutMode::Lb }),
+            ..RingConfig::default()
+        };
+        let mut a = Ring::open(&env.server_if, &cfg, &program).unwrap();
+        let mut b = Ring::open(&env.server_if, &cfg, &program).unwrap();
+        env.client_py(&sender(&dst, &ten));
+        std::thread::sleep(Duration::from_millis(50));
+        let (ga, gb) = (
+            collect(&mut a, Duration::from_millis(300), |_| true),
+            collect(&mut b, Duration::from_millis(300), |_| true),
+        );
+        println!("lb: {} + {}", ga.frames.len(), gb.frames.len());
+        assert_eq!(ga.frames.len() + gb.frames.len(), 10);
+        assert!(!ga.frames.is_empty() && !gb.frames.is_empty());
+        drop((a, b));
+
+        // A classic BPF fanout program returning 1 sends everything to the second member.
+        let one = Program::from_insns(vec![Insn::stmt(op::RET | op::K, 1)]).unwrap();
+        let cfg = RingConfig {
+            fanout: Some(Fanout { group_id: 8, mode: FanoutMode::Cbpf(one) }),
+            ..RingConfig::default()
+        };
+        let mut a = Ring::open(&env.server_if, &cfg, &program).unwrap();
+        let mut b = Ring::open(&env.server_if, &cfg, &program).unwrap();
+        env.client_py(&sender(&dst, &ten));
+        std::thread::sleep(Duration::from_millis(50));
+        let (ga, gb) = (
+            collect(&mut a, Duration::from_millis(300), |_| true),
+            collect(&mut b, Duration::from_millis(300), |_| true),
+        );
+        println!("cbpf: {} + {}", ga.frames.len(), gb.frames.len());
+        assert_eq!((ga.frames.len(), gb.frames.len()), (0, 10));
+    });
+}
+
+#[test]
+fn big_filters_load_and_errors_name_the_interface() {
+    in_server_ns("big_filters_load_and_errors_name_the_interface", |env| {
+        // A 1000-port program (with long-jump trampolines) is accepted by the kernel's checker.
+        let tcp: Vec<u16> = (0..1000).map(|i| 10_000 + 3 * i).collect();
+        let mut ring = knock_ring(env, &RingConfig::default(), &tcp, &[9000]);
+        env.client_py(&sender(&env.server_v4.to_string(), &[("tcp", 10_000 + 3 * 999), ("tcp", 10_001)]));
+        let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
+        assert_eq!(got.ports(), vec![(Proto::Tcp, 10_000 + 3 * 999)]);
+
+        let err = Ring::open("nosuchif0", &RingConfig::default(), &Program::accept_all()).unwrap_err();
+        assert!(matches!(err, sesame_capture::CaptureError::NoSuchInterface(_)), "{err}");
+        // No time out: a zero timeout only looks.
+        let start = Instant::now();
+        assert!(ring.next_block(Duration::ZERO).unwrap().is_none());
+        assert!(ring.next_block(Duration::from_millis(30)).unwrap().is_none());
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    });
+}

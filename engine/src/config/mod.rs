@@ -1,0 +1,259 @@
+//! Configuration: one model, two syntaxes.
+//!
+//! [`knockd`] reads `/etc/knockd.conf` exactly as knockd 0.8 does (and rejects what it
+//! should have rejected); [`native`] reads sesame's TOML. Both produce a validated
+//! [`Config`]; [`native::to_toml`] writes any [`Config`] back as TOML (`sesame convert`).
+//! Every error names the file, the line and the offending value.
+
+pub mod knockd;
+pub mod native;
+pub mod onetime;
+mod summary;
+
+use sesame_capture::Proto;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// Most ports one sequence may have (knockd's `SEQ_MAX`).
+pub const MAX_SEQUENCE: usize = 32;
+/// knockd's default `Seq_Timeout`, seconds.
+pub const DEFAULT_SEQ_TIMEOUT: u32 = 25;
+/// knockd's default `Cmd_Timeout`, seconds.
+pub const DEFAULT_CMD_TIMEOUT: u32 = 10;
+/// knockd's default interface.
+pub const DEFAULT_INTERFACE: &str = "eth0";
+/// knockd's default pid file.
+pub const DEFAULT_PID_FILE: &str = "/var/run/knockd.pid";
+
+/// A whole, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where it was read from (for messages and reloads).
+    pub source: PathBuf,
+    pub options: Options,
+    /// Doors in file order; names need not be unique (knockd allows it).
+    pub doors: Vec<Door>,
+}
+
+/// The `[options]` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    pub use_syslog: bool,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    /// `Interface`; `None` means "not set" (the daemon then uses `-i` or eth0).
+    pub interface: Option<String>,
+}
+
+/// One knock: a port and its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Step {
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.port, self.proto.name())
+    }
+}
+
+/// Requirements on TCP flags: bits in `set` must be set, bits in `clear` must be clear,
+/// others are ignored. Bits as in [`sesame_capture::frame::tcp_flags`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlagRule {
+    pub set: u8,
+    pub clear: u8,
+}
+
+impl TcpFlagRule {
+    /// Whether a TCP packet with `flags` satisfies the rule.
+    pub fn matches(self, flags: u8) -> bool {
+        flags & self.set == self.set && flags & self.clear == 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.set == 0 && self.clear == 0
+    }
+}
+
+/// A one-time-sequences file: one sequence per line, used lines get a `#` written
+/// over their first byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OneTimeSequences {
+    pub path: PathBuf,
+}
+
+/// A door: a knock sequence and what to run when it is knocked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Door {
+    pub name: String,
+    /// The sequence; for a one-time door, the current (first unused) line of its file.
+    pub sequence: Vec<Step>,
+    pub one_time: Option<OneTimeSequences>,
+    /// Seconds for the whole sequence from the first knock.
+    pub seq_timeout: u32,
+    pub tcp_flags: TcpFlagRule,
+    pub start_command: Option<String>,
+    pub start_command_6: Option<String>,
+    pub stop_command: Option<String>,
+    pub stop_command_6: Option<String>,
+    pub cmd_timeout: u32,
+    pub target: Option<IpAddr>,
+}
+
+impl Door {
+    /// A door with knockd's defaults and the given sequence.
+    pub fn new(name: impl Into<String>, sequence: Vec<Step>) -> Door {
+        Door {
+            name: name.into(),
+            sequence,
+            one_time: None,
+            seq_timeout: DEFAULT_SEQ_TIMEOUT,
+            tcp_flags: TcpFlagRule::default(),
+            start_command: None,
+            start_command_6: None,
+            stop_command: None,
+            stop_command_6: None,
+            cmd_timeout: DEFAULT_CMD_TIMEOUT,
+            target: None,
+        }
+    }
+
+    /// The start command for a knocker at `ip` (IPv6 falls back to the IPv4 command).
+    pub fn start_command_for(&self, ip: IpAddr) -> Option<&str> {
+        match ip {
+            IpAddr::V6(_) => self.start_command_6.as_deref().or(self.start_command.as_deref()),
+            IpAddr::V4(_) => self.start_command.as_deref(),
+        }
+        .filter(|c| !c.is_empty())
+    }
+
+    /// The stop command for a knocker at `ip` (IPv6 falls back to the IPv4 command).
+    pub fn stop_command_for(&self, ip: IpAddr) -> Option<&str> {
+        match ip {
+            IpAddr::V6(_) => self.stop_command_6.as_deref().or(self.stop_command.as_deref()),
+            IpAddr::V4(_) => self.stop_command.as_deref(),
+        }
+        .filter(|c| !c.is_empty())
+    }
+}
+
+/// What is wrong, without the where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    #[error("unknown key '{key}' in section [{section}]")]
+    UnknownKey { key: String, section: String },
+    #[error("key '{0}' appears before any [section]")]
+    KeyOutsideSection(String),
+    #[error("key '{key}' needs a value ('{key} = ...')")]
+    MissingValue { key: String },
+    #[error("invalid port '{0}': must be a whole number from 0 to 65535")]
+    BadPort(String),
+    #[error("unknown protocol '{0}': must be tcp or udp")]
+    BadProtocol(String),
+    #[error(
+        "unknown TCP flag '{0}': must be one of fin, syn, rst, psh, ack, urg, optionally prefixed by '!'"
+    )]
+    BadFlag(String),
+    #[error("TCP flag '{0}' is both required and forbidden")]
+    ContradictoryFlag(String),
+    #[error("invalid number '{value}' for {key}: must be a whole number of seconds from 0 to 4294967295")]
+    BadNumber { key: String, value: String },
+    #[error("invalid IP address '{0}' for Target")]
+    BadAddress(String),
+    #[error("section '{0}' has an empty knock sequence")]
+    EmptySequence(String),
+    #[error("sequence has {0} ports; at most 32 are allowed")]
+    SequenceTooLong(usize),
+    #[error("one-time sequences file {path}: {reason}")]
+    OneTimeFile { path: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A configuration error: file, line (1-based; 0 when it concerns the whole file) and problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {problem}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub problem: Problem,
+}
+
+/// Reading a file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+/// Which syntax a file is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    Knockd,
+    Toml,
+}
+
+impl Syntax {
+    /// `.toml` files are native; everything else is knockd.conf syntax.
+    pub fn of(path: &Path) -> Syntax {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) {
+            Syntax::Toml
+        } else {
+            Syntax::Knockd
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file, choosing the syntax by [`Syntax::of`].
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        Ok(Config::parse(path, &text)?)
+    }
+
+    /// Parses `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        match Syntax::of(path) {
+            Syntax::Knockd => knockd::parse(path, text),
+            Syntax::Toml => native::parse(path, text),
+        }
+    }
+}
+
+/// Parses one sequence element `PORT[:tcp|:udp]` (protocol case-insensitive, tcp by default).
+pub fn parse_step(text: &str) -> Result<Step, Problem> {
+    let text = text.trim();
+    let (port, proto) = match text.split_once(':') {
+        Some((p, proto)) => (p.trim(), Some(proto.trim())),
+        None => (text, None),
+    };
+    let proto = match proto {
+        None => Proto::Tcp,
+        Some(p) if p.eq_ignore_ascii_case("tcp") => Proto::Tcp,
+        Some(p) if p.eq_ignore_ascii_case("udp") => Proto::Udp,
+        Some(p) => return Err(Problem::BadProtocol(p.to_owned())),
+    };
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::BadPort(port.to_owned()));
+    }
+    let port: u16 = port.parse().map_err(|_| Problem::BadPort(port.to_owned()))?;
+    Ok(Step { port, proto })
+}
+
+/// Parses a whole sequence `p[:proto],p[:proto],...` (at most [`MAX_SEQUENCE`]).
+pub fn parse_sequence(text: &str) -> Result<Vec<Step>, Problem> {
+    let steps =
+        text.split(',').filter(|s| !s.trim().is_empty()).map(parse_step).collect::<Result<Vec<_>, _>>()?;
+    if steps.len() > MAX_SEQUENCE {
+        return Err(Problem::SequenceTooLong(steps.len()));
+    }
+    Ok(steps)
+}

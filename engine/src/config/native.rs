@@ -1,0 +1,440 @@
+//! sesame's own TOML syntax: the same settings as knockd.conf, with knockd's defaults.
+//!
+//! ```toml
+//! [options]
+//! use_syslog = true
+//! log_file = "/var/log/sesame.log"
+//! interface = "eth0"
+//!
+//! [[door]]
+//! name = "openSSH"
+//! sequence = ["7000", "8000:tcp", "9000:udp"]   # or [7000, 8000], or "7000,8000:tcp"
+//! seq_timeout = 5
+//! tcp_flags = ["syn", "!ack"]                   # or "syn,!ack"
+//! start_command = "/usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -j ACCEPT"
+//! cmd_timeout = 30
+//! ```
+//!
+//! Values checked after deserialisation are kept [`Spanned`] so that their errors still
+//! point at the right line. Unknown keys are errors, which leaves room for sesame-only
+//! tables later without silently accepting typos now.
+
+use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
+use super::{
+    onetime, parse_sequence, parse_step, Config, ConfigError, Door, OneTimeSequences, Options, Problem, Step,
+    MAX_SEQUENCE,
+};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use sesame_capture::Proto;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// Parses sesame TOML `text`, read from `path` (used in errors and as `Config::source`).
+///
+/// Doors with `one_time_sequences` read that file now, for their current sequence.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let error = |span: Option<std::ops::Range<usize>>, problem| ConfigError {
+        file: path.to_owned(),
+        line: span.map_or(0, |s| line_of(text, s.start)),
+        problem,
+    };
+    let file: FileToml = toml::from_str(text).map_err(|e| error(e.span(), toml_problem(text, &e)))?;
+    let options = file.options.unwrap_or_default();
+    let options = Options {
+        use_syslog: options.use_syslog,
+        log_file: non_empty(options.log_file).map(PathBuf::from),
+        pid_file: non_empty(options.pid_file).map(PathBuf::from),
+        interface: non_empty(options.interface),
+    };
+    let doors = file
+        .door
+        .into_iter()
+        .map(|d| door(d).map_err(|(span, problem)| error(Some(span), problem)))
+        .collect::<Result<_, _>>()?;
+    Ok(Config { source: path.to_owned(), options, doors })
+}
+
+/// Writes `config` as sesame TOML; [`parse`] reads it back to an equal [`Config`].
+///
+/// A one-time door is written with its file only: its sequence comes from the file.
+pub fn to_toml(config: &Config) -> String {
+    let opts = &config.options;
+    let file = FileOut {
+        options: OptionsOut {
+            use_syslog: opts.use_syslog,
+            log_file: opts.log_file.as_deref().map(|p| p.to_string_lossy().into_owned()),
+            pid_file: opts.pid_file.as_deref().map(|p| p.to_string_lossy().into_owned()),
+            interface: opts.interface.as_deref(),
+        },
+        door: config.doors.iter().map(door_out).collect(),
+    };
+    toml::to_string(&file).expect("a Config always serialises to TOML")
+}
+
+/// The TOML names of the flags in `rule`, in bit order: `["syn", "!ack"]`.
+pub(crate) fn flag_names(rule: super::TcpFlagRule) -> Vec<String> {
+    FLAG_NAMES
+        .iter()
+        .filter_map(|&(name, bit)| {
+            if rule.set & bit != 0 {
+                Some(name.to_owned())
+            } else if rule.clear & bit != 0 {
+                Some(format!("!{name}"))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+type Span = std::ops::Range<usize>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    options: Option<OptionsToml>,
+    #[serde(default)]
+    door: Vec<Spanned<DoorToml>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsToml {
+    #[serde(default)]
+    use_syslog: bool,
+    log_file: Option<String>,
+    pid_file: Option<String>,
+    interface: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DoorToml {
+    name: Spanned<String>,
+    sequence: Option<Spanned<List>>,
+    one_time_sequences: Option<Spanned<String>>,
+    seq_timeout: Option<Spanned<i64>>,
+    tcp_flags: Option<Spanned<List>>,
+    start_command: Option<String>,
+    start_command_6: Option<String>,
+    stop_command: Option<String>,
+    stop_command_6: Option<String>,
+    cmd_timeout: Option<Spanned<i64>>,
+    target: Option<Spanned<String>>,
+}
+
+/// A list written either as a TOML array (each element spanned, so errors find its
+/// line) or as one knockd-style comma-separated string.
+enum List {
+    Text(String),
+    Items(Vec<Spanned<Item>>),
+}
+
+/// An array element: sequences may use bare port numbers.
+enum Item {
+    Int(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = List;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array or a comma-separated string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<List, E> {
+                Ok(List::Text(v.to_owned()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<List, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(List::Items(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Item;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Item, E> {
+                Ok(Item::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Item, E> {
+                Ok(i64::try_from(v).map_or_else(|_| Item::Text(v.to_string()), Item::Int))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Item, E> {
+                Ok(Item::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
+    let table_span = spanned.span();
+    let d = spanned.into_inner();
+    let name_span = d.name.span();
+    let name = d.name.into_inner();
+    if name.trim().is_empty() {
+        return Err((name_span, Problem::Syntax("door name must not be empty".into())));
+    }
+    let mut door = Door::new(name, Vec::new());
+    let mut sequence_span = None;
+    if let Some(seq) = d.sequence {
+        sequence_span = Some(seq.span());
+        door.sequence = sequence(seq)?;
+    }
+    if let Some(path) = d.one_time_sequences {
+        let span = path.span();
+        let path = PathBuf::from(path.into_inner());
+        door.sequence = onetime::initial_sequence(&path).map_err(|p| (span, p))?;
+        door.one_time = Some(OneTimeSequences { path });
+    } else if door.sequence.is_empty() {
+        return Err((sequence_span.unwrap_or(table_span), Problem::EmptySequence(door.name)));
+    }
+    if let Some(t) = d.seq_timeout {
+        door.seq_timeout = seconds("seq_timeout", t)?;
+    }
+    if let Some(t) = d.cmd_timeout {
+        door.cmd_timeout = seconds("cmd_timeout", t)?;
+    }
+    if let Some(flags) = d.tcp_flags {
+        let span = flags.span();
+        door.tcp_flags = match flags.into_inner() {
+            List::Text(text) => parse_flags(text.split([',', '|'])).map_err(|p| (span, p))?,
+            List::Items(items) => {
+                let mut names = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.get_ref() {
+                        Item::Text(t) => names.push(t.clone()),
+                        Item::Int(n) => return Err((item.span(), Problem::BadFlag(n.to_string()))),
+                    }
+                }
+                parse_flags(names.iter().map(String::as_str)).map_err(|p| (span, p))?
+            }
+        };
+    }
+    if let Some(target) = d.target {
+        door.target = Some(parse_target(target.get_ref()).map_err(|p| (target.span(), p))?);
+    }
+    door.start_command = d.start_command;
+    door.start_command_6 = d.start_command_6;
+    door.stop_command = d.stop_command;
+    door.stop_command_6 = d.stop_command_6;
+    Ok(door)
+}
+
+fn sequence(seq: Spanned<List>) -> Result<Vec<Step>, (Span, Problem)> {
+    let span = seq.span();
+    let steps = match seq.into_inner() {
+        List::Text(text) => return parse_sequence(&text).map_err(|p| (span, p)),
+        List::Items(items) => items
+            .into_iter()
+            .map(|item| {
+                let step = match item.get_ref() {
+                    Item::Int(n) => u16::try_from(*n)
+                        .map(|port| Step { port, proto: Proto::Tcp })
+                        .map_err(|_| Problem::BadPort(n.to_string())),
+                    Item::Text(t) => parse_step(t),
+                };
+                step.map_err(|p| (item.span(), p))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if steps.len() > MAX_SEQUENCE {
+        return Err((span, Problem::SequenceTooLong(steps.len())));
+    }
+    Ok(steps)
+}
+
+fn seconds(key: &str, value: Spanned<i64>) -> Result<u32, (Span, Problem)> {
+    parse_seconds(key, &value.get_ref().to_string()).map_err(|p| (value.span(), p))
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// toml reports unknown keys as "unknown field `k`, expected ..."; those become
+/// [`Problem::UnknownKey`] like in knockd.conf, everything else a syntax error.
+fn toml_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let message = e.message().trim();
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned());
+    let line = e.span().map_or(usize::MAX, |s| line_of(text, s.start));
+    if text.lines().nth(line.wrapping_sub(1)).is_some_and(|l| l.trim() == "[door]") {
+        return Problem::Syntax("doors are an array of tables: write [[door]], not [door]".into());
+    }
+    match key {
+        Some(key) => Problem::UnknownKey { key, section: section_at(text, line) },
+        None => Problem::Syntax(message.lines().map(str::trim).collect::<Vec<_>>().join("; ")),
+    }
+}
+
+/// The table that holds a key reported on `line`: the last header before it, or, when
+/// the key is itself a table header (`[capture]`), that header's parent.
+fn section_at(text: &str, line: usize) -> String {
+    let top = || "top level".to_owned();
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    if let Some(own) = lines.last().and_then(|l| header(l)) {
+        return own.rsplit_once('.').map_or_else(top, |(parent, _)| parent.trim().to_owned());
+    }
+    lines.iter().rev().find_map(|l| header(l)).map_or_else(top, str::to_owned)
+}
+
+/// The name inside a `[table]` or `[[array]]` header line.
+fn header(line: &str) -> Option<&str> {
+    let l = line.trim();
+    let inner = l.strip_prefix("[[").and_then(|l| l.split_once("]]")).map(|(n, _)| n);
+    inner.or_else(|| l.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(n, _)| n)).map(str::trim)
+}
+
+#[derive(Serialize)]
+struct FileOut<'a> {
+    options: OptionsOut<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    door: Vec<DoorOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct OptionsOut<'a> {
+    use_syslog: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interface: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DoorOut<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    one_time_sequences: Option<String>,
+    seq_timeout: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tcp_flags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_command: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_command_6: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_command: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_command_6: Option<&'a str>,
+    cmd_timeout: u32,
+}
+
+fn door_out(door: &Door) -> DoorOut<'_> {
+    DoorOut {
+        name: &door.name,
+        sequence: door.one_time.is_none().then(|| door.sequence.iter().map(Step::to_string).collect()),
+        one_time_sequences: door.one_time.as_ref().map(|o| o.path.to_string_lossy().into_owned()),
+        seq_timeout: door.seq_timeout,
+        tcp_flags: flag_names(door.tcp_flags),
+        target: door.target.map(|t| t.to_string()),
+        start_command: door.start_command.as_deref(),
+        start_command_6: door.start_command_6.as_deref(),
+        stop_command: door.stop_command.as_deref(),
+        stop_command_6: door.stop_command_6.as_deref(),
+        cmd_timeout: door.cmd_timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn sequence_forms_agree() {
+        let a = parse_str("[[door]]\nname = \"d\"\nsequence = [7000, \"8000:UDP\", \"9000:tcp\"]\n").unwrap();
+        let b = parse_str("[[door]]\nname = \"d\"\nsequence = \"7000,8000:udp,9000\"\n").unwrap();
+        assert_eq!(a.doors, b.doors);
+        assert_eq!(a.doors[0].sequence[1], Step { port: 8000, proto: Proto::Udp });
+    }
+
+    #[test]
+    fn element_errors_point_at_the_element_line() {
+        let e = parse_str("[[door]]\nname = \"d\"\nsequence = [\n  7000,\n  -1,\n]\n").unwrap_err();
+        assert_eq!((e.line, e.problem), (5, Problem::BadPort("-1".into())));
+        let e =
+            parse_str("[[door]]\nname = \"d\"\nsequence = [1]\ntcp_flags = [\"syn\",\n 6]\n").unwrap_err();
+        assert_eq!((e.line, e.problem), (5, Problem::BadFlag("6".into())));
+    }
+
+    #[test]
+    fn empty_sequence_without_the_key_points_at_the_door() {
+        let e = parse_str("[options]\n\n[[door]]\nname = \"d\"\n").unwrap_err();
+        assert_eq!(e.problem, Problem::EmptySequence("d".into()));
+        assert!((3..=4).contains(&e.line), "line {}", e.line);
+    }
+
+    #[test]
+    fn unknown_keys_name_their_table() {
+        let e = parse_str("[options]\nuse_syslog = true\nlogfile = \"x\"\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem),
+            (3, Problem::UnknownKey { key: "logfile".into(), section: "options".into() })
+        );
+        let e = parse_str("[capture]\nworkers = 4\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem),
+            (1, Problem::UnknownKey { key: "capture".into(), section: "top level".into() })
+        );
+        let e = parse_str("[options]\n[door]\nname = \"d\"\n").unwrap_err();
+        assert!(matches!(&e.problem, Problem::Syntax(m) if m.contains("[[door]]")), "{e}");
+        let e = parse_str("verbose = true\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.problem),
+            (1, Problem::UnknownKey { key: "verbose".into(), section: "top level".into() })
+        );
+    }
+
+    #[test]
+    fn toml_errors_carry_their_line() {
+        let e = parse_str("[options]\nuse_syslog = \"yes\"\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(matches!(e.problem, Problem::Syntax(_)));
+        let e = parse_str("[[door]]\nsequence = [1]\n").unwrap_err();
+        assert!(matches!(&e.problem, Problem::Syntax(m) if m.contains("name")), "{e}");
+    }
+
+    #[test]
+    fn strings_needing_escapes_survive() {
+        let mut door = Door::new("quote\"d \\ door", vec![Step { port: 1, proto: Proto::Udp }]);
+        door.start_command = Some("echo 'a' \"b\" \\n\ttab %IP% --x=y # not a comment".into());
+        let config = Config { source: "x.conf".into(), options: Options::default(), doors: vec![door] };
+        let back = parse(Path::new("x.toml"), &to_toml(&config)).unwrap();
+        assert_eq!(back.doors, config.doors);
+    }
+}
