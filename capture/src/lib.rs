@@ -1,7 +1,7 @@
 //! Packet capture for sesame: everything between the wire and a [`Knock`].
 //!
 //! Layers, bottom up:
-//! - [`sys`] (private): the only unsafe code in the project: AF_PACKET sockets,
+//! - `sys` (private): the only unsafe code in the project: AF_PACKET sockets,
 //!   the TPACKET_V3 ring mapping, BPF attachment and interface queries.
 //! - [`ring`]: a safe TPACKET_V3 RX ring; blocks are walked in place and handed
 //!   back to the kernel when their guard drops.

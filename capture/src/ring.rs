@@ -61,7 +61,7 @@ impl RingConfig {
         let bad = |why: String| Err(CaptureError::InvalidConfig(why));
         let page = sys::page_size();
         let bs = self.block_size as usize;
-        if !self.block_size.is_power_of_two() || bs % page != 0 {
+        if !self.block_size.is_power_of_two() || bs & (page - 1) != 0 {
             return bad(format!(
                 "block_size {} is not a power of two multiple of the page size {page}",
                 self.block_size
@@ -70,11 +70,11 @@ impl RingConfig {
         if self.block_count == 0 {
             return bad("block_count is 0".into());
         }
-        if self.block_size.checked_mul(self.block_count).map_or(true, |total| total > i32::MAX as u32) {
+        if !matches!(self.block_size.checked_mul(self.block_count), Some(total) if total <= i32::MAX as u32) {
             return bad(format!("ring of {} x {} bytes is too large", self.block_count, self.block_size));
         }
         let min_frame = (libc::TPACKET3_HDRLEN + 15) & !15;
-        if self.frame_size % 16 != 0
+        if self.frame_size & 15 != 0
             || (self.frame_size as usize) < min_frame
             || self.frame_size > self.block_size
         {

@@ -174,6 +174,10 @@ impl PacketSocket {
 
     /// Maps the RX ring set up by [`PacketSocket::set_rx_ring`] with the same geometry.
     pub(crate) fn map_ring(&self, block_size: usize, block_count: usize) -> io::Result<RingMap> {
+        // Every block must hold its header's status word at a 4-aligned offset.
+        if block_size < BLOCK_STATUS_OFFSET + 4 || block_size & 7 != 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad ring block size"));
+        }
         let len = block_size
             .checked_mul(block_count)
             .filter(|&l| l > 0)
@@ -241,12 +245,13 @@ impl RingMap {
         assert!(index < self.block_count, "ring block {index} out of range");
         let off = index * self.block_size + BLOCK_STATUS_OFFSET;
         debug_assert!(off + 4 <= self.len);
-        // SAFETY: `off + 4 <= len` (index < block_count and block_size >= the 48-byte
-        // block header, checked by the ring before mapping), so the pointer is inside the
-        // live mapping for as long as `&self`; blocks start at multiples of block_size
-        // from a page-aligned base, so `off` is 4-aligned as AtomicU32 requires. The
-        // kernel accesses this word with READ_ONCE/WRITE_ONCE-style single 32-bit
-        // accesses only, never partially, so treating it as an atomic is sound.
+        // SAFETY: `off + 4 <= len` (index < block_count, and map_ring() made sure that
+        // block_size >= BLOCK_STATUS_OFFSET + 4), so the pointer is inside the live
+        // mapping for as long as `&self`; blocks start at multiples of block_size (a
+        // multiple of 8) from a page-aligned base, so `off` is 4-aligned as AtomicU32
+        // requires. The kernel accesses this word only with single, whole 32-bit loads
+        // and stores (BLOCK_STATUS() in af_packet.c), never partially, so treating it
+        // as an atomic is sound.
         unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(off).cast::<u32>()) }
     }
 
