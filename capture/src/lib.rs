@@ -11,13 +11,16 @@
 //! - [`frame`]: a whole frame to a [`Knock`] summary, or a counted reason to skip it.
 #![deny(unsafe_code)]
 
+pub mod craft;
 pub mod error;
+pub mod fanout;
 pub mod filter;
 pub mod frame;
 pub mod iface;
 pub mod ring;
 #[allow(unsafe_code)]
 mod sys;
+pub mod tx;
 pub mod wire;
 
 pub use error::CaptureError;

@@ -1,26 +1,34 @@
-//! `sesamed`: config, capture ring, matcher, firewall executor and log, wired together.
+//! `sesamed`: config, capture workers, firewall executor and log, wired together.
 //!
 //! Start-up does everything that can fail for a bad config or a missing interface
-//! before anything is opened or logged, so a mistake exits non-zero with nothing
-//! half-started. The capture loop runs on the calling thread; commands run on the
-//! executor's threads and log lines are written by the log thread, so neither a slow
-//! command nor a slow disk ever holds up packet processing.
+//! before anything is logged or run, so a mistake exits non-zero with nothing
+//! half-started.
+//!
+//! Each capture worker owns one TPACKET_V3 ring in a PACKET_FANOUT group whose BPF
+//! program hashes the source address only, so all packets of one source reach the
+//! same worker, and that worker's [`Matcher`] owns the source's attempts outright:
+//! no lock and no shared write on the packet path. Successes go to the executor's
+//! threads and log lines to the log thread, so neither a slow command nor a slow
+//! disk holds up capture. The main thread only waits for signals and reports.
 
-use crate::config::{Config, DEFAULT_INTERFACE, DEFAULT_PID_FILE};
+use crate::config::{Config, Tuning, DEFAULT_INTERFACE, DEFAULT_PID_FILE};
 use crate::log::{self, Destinations, Log, LogItem};
-use crate::matcher::{Event, Matcher, Secs};
+use crate::matcher::{Doors, Event, Matcher, Secs, Sink};
 use anyhow::{bail, Context};
+use crossbeam_channel::{Receiver, Sender};
 use sesame_capture::filter::Program;
-use sesame_capture::ring::{Ring, RingConfig};
-use sesame_capture::{iface, parse_frame, Knock};
-use sesame_firewall::{Executor, GrantRequest, ShellRunner};
+use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig, RingStats};
+use sesame_capture::{fanout, iface, parse_frame, Knock};
+use sesame_firewall::{Executor, ExecutorHandle, GrantRequest, ShellRunner};
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// What the command line says (knockd's flags).
+/// What the command line says (knockd's flags, plus sesame's overrides).
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub config: PathBuf,
@@ -32,14 +40,10 @@ pub struct Settings {
     pub log_file: Option<PathBuf>,
     pub verbose: bool,
     pub ipv4_only: bool,
-}
-
-/// Everything prepared before the daemon commits to running.
-struct Prepared {
-    config: Arc<Config>,
-    interface: String,
-    matcher: Matcher,
-    ring: Ring,
+    /// `--workers`: overrides the config.
+    pub workers: Option<u32>,
+    /// `--memory-mib`: overrides the config.
+    pub memory_mib: Option<u32>,
 }
 
 fn now_secs() -> Secs {
@@ -55,15 +59,42 @@ fn local_addresses(interface: &str, ipv4_only: bool) -> anyhow::Result<Vec<IpAdd
     Ok(addrs)
 }
 
-fn build_matcher(config: &Config, local: Vec<IpAddr>, ipv4_only: bool) -> anyhow::Result<(Matcher, Program)> {
-    let matcher = Matcher::new(config, local)?;
-    let program =
-        Program::knock(&matcher.filter_spec(!ipv4_only)).context("building the kernel packet filter")?;
-    Ok((matcher, program))
+/// The settings that size the capture, after command-line overrides.
+#[derive(Clone, Copy, Debug)]
+struct Sizing {
+    workers: usize,
+    /// Tracker bytes per worker.
+    budget: usize,
+    /// Per-packet log lines per second per worker (0 = unlimited).
+    log_rate: u32,
+}
+
+impl Sizing {
+    fn new(t: &Tuning, s: &Settings) -> Sizing {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = s.workers.or(t.workers).map_or(cores, |w| w as usize).max(1);
+        let memory = u64::from(s.memory_mib.unwrap_or(t.memory_mib)) << 20;
+        let log_rate = match t.log_lines_per_second {
+            0 => 0,
+            n => (n / workers as u32).max(1),
+        };
+        Sizing { workers, budget: (memory / workers as u64) as usize, log_rate }
+    }
+}
+
+/// One worker's ring, built and checked before the daemon commits to running.
+struct Prepared {
+    config: Arc<Config>,
+    interface: String,
+    doors: Arc<Doors>,
+    local: Vec<IpAddr>,
+    sizing: Sizing,
+    rings: Vec<Ring>,
 }
 
 fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
     let config = Config::load(&s.config)?;
+    let sizing = Sizing::new(&config.tuning, s);
     let interface = s
         .interface
         .clone()
@@ -73,15 +104,50 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
         bail!("could not open {interface}: no such interface");
     }
     let local = local_addresses(&interface, s.ipv4_only)?;
-    let (matcher, program) = build_matcher(&config, local, s.ipv4_only)?;
-    let ring = Ring::open(&interface, &RingConfig::default(), &program)
-        .with_context(|| format!("could not open {interface} for capture"))?;
-    Ok(Prepared { config: Arc::new(config), interface, matcher, ring })
+    let doors = Doors::new(&config)?;
+    let probe = Matcher::new(doors.clone(), local.clone(), 0);
+    let program =
+        Program::knock(&probe.filter_spec(!s.ipv4_only)).context("building the kernel packet filter")?;
+    // A random key in the fanout hash, so nobody can pick sources that all land on one worker.
+    let key = RandomState::new().hash_one(std::process::id()) as u32;
+    let group_id = (std::process::id() & 0xffff) as u16;
+    let mut rings = Vec::with_capacity(sizing.workers);
+    for _ in 0..sizing.workers {
+        let ring_config = RingConfig {
+            block_size: config.tuning.ring_block_size,
+            block_count: config.tuning.ring_block_count,
+            fanout: (sizing.workers > 1)
+                .then(|| Fanout { group_id, mode: FanoutMode::Cbpf(fanout::source_hash_program(key)) }),
+            ..RingConfig::default()
+        };
+        let ring = Ring::open(&interface, &ring_config, &program)
+            .with_context(|| format!("could not open {interface} for capture"))?;
+        rings.push(ring);
+    }
+    Ok(Prepared { config: Arc::new(config), interface, doors, local, sizing, rings })
+}
+
+/// What a worker is told to do between blocks.
+enum Control {
+    Reload { config: Arc<Config>, doors: Arc<Doors>, local: Vec<IpAddr> },
+}
+
+/// Counters a worker publishes for the main thread; each is written by one worker only.
+#[derive(Default)]
+struct Published {
+    suppressed: AtomicU64,
+    packets: AtomicU64,
+    kernel_drops: AtomicU64,
+    knocks: AtomicU64,
+    evictions: AtomicU64,
+    rejected: AtomicU64,
+    attempts: AtomicU64,
+    capacity: AtomicU64,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(s: Settings) -> anyhow::Result<()> {
-    let Prepared { config, interface, matcher, mut ring } = prepare(&s)?;
+    let Prepared { config, interface, doors, local, sizing, rings } = prepare(&s)?;
 
     // knockd writes a pid file only when it daemonises.
     let pid_file = s.daemonize.then(|| {
@@ -113,21 +179,56 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         .context("installing signal handlers")?;
 
     log.text(format!("starting up, listening on {interface}"));
-    for door in matcher.disabled_doors() {
+    for door in doors.disabled() {
         log.send(LogItem::Event(Event::DoorDisabled { door }));
     }
     let executor = Executor::start(ShellRunner, log.sender());
 
-    let mut worker =
-        Worker { config, matcher, log: log.clone(), executor, debug: s.debug, events: Vec::new() };
-    let result = worker.capture(&mut ring, &term, &hup, &s);
+    let mut workers = Vec::new();
+    for (n, ring) in rings.into_iter().enumerate() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let published = Arc::new(Published::default());
+        let worker = Worker {
+            matcher: Matcher::new(doors.clone(), local.clone(), sizing.budget),
+            sink: WorkerSink {
+                config: config.clone(),
+                log: log.clone(),
+                executor: executor.handle(),
+                limiter: Limiter::new(sizing.log_rate),
+            },
+            ring,
+            control: rx,
+            published: published.clone(),
+            budget: sizing.budget,
+            debug: s.debug,
+            ipv6: !s.ipv4_only,
+        };
+        let stop = term.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("sesame-cap{n}"))
+            .spawn(move || worker.run(&stop))
+            .context("starting a capture worker")?;
+        workers.push(WorkerHandle { handle: Some(handle), control: tx, published });
+    }
 
+    let result = supervise(&s, &workers, &log, &term, &hup);
+    term.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in &mut workers {
+        match w.handle.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => errors.push(e),
+            Some(Err(_)) => errors.push(anyhow::anyhow!("a capture worker panicked")),
+            _ => {}
+        }
+    }
     // Close what is open before saying goodbye: no port stays open behind a stopped daemon.
-    let Worker { executor, .. } = worker;
     executor.shutdown();
+    let result = result.and(errors.into_iter().next().map_or(Ok(()), Err));
     if let Err(e) = &result {
         log.text(format!("error: {e:#}"));
     }
+    // On stderr, not in the log: the LogFile stays line for line what knockd writes.
+    eprintln!("{}", stats_line(&workers, &log));
     log.text("shutting down");
     log.flush();
     drop(log);
@@ -138,27 +239,199 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     result
 }
 
-struct Worker {
+struct WorkerHandle {
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    control: Sender<Control>,
+    published: Arc<Published>,
+}
+
+fn total(workers: &[WorkerHandle], field: impl Fn(&Published) -> &AtomicU64) -> u64 {
+    workers.iter().map(|w| field(&w.published).load(Ordering::Relaxed)).sum()
+}
+
+/// The shutdown summary (`sesame-bench` reads it): totals over all workers.
+fn stats_line(workers: &[WorkerHandle], log: &Log) -> String {
+    format!(
+        "stats: packets={} kernel_drops={} knocks={} evictions={} rejected={} log_suppressed={} \
+         tracker_used={} tracker_slots={} workers={}",
+        total(workers, |p| &p.packets),
+        total(workers, |p| &p.kernel_drops),
+        total(workers, |p| &p.knocks),
+        total(workers, |p| &p.evictions),
+        total(workers, |p| &p.rejected),
+        total(workers, |p| &p.suppressed) + log.dropped(),
+        total(workers, |p| &p.attempts),
+        total(workers, |p| &p.capacity),
+        workers.len(),
+    )
+}
+
+/// How often the main thread reports suppressed log lines and kernel drops.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The main thread: reloads on SIGHUP, reports every [`REPORT_EVERY`], returns on
+/// SIGTERM/SIGINT or when a worker has died.
+fn supervise(
+    s: &Settings,
+    workers: &[WorkerHandle],
+    log: &Log,
+    term: &AtomicBool,
+    hup: &AtomicBool,
+) -> anyhow::Result<()> {
+    let mut last_report = Instant::now();
+    let (mut suppressed, mut drops) = (0, 0);
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if workers.iter().any(|w| w.handle.as_ref().is_some_and(JoinHandle::is_finished)) {
+            // A worker stopped on its own: an error it returns is reported by `run`.
+            return Ok(());
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(s, workers, log);
+        }
+        if last_report.elapsed() >= REPORT_EVERY {
+            last_report = Instant::now();
+            let now_suppressed = total(workers, |p| &p.suppressed) + log.dropped();
+            if now_suppressed > suppressed {
+                log.text(format!(
+                    "rate limit: suppressed {} per-packet log lines (Stage/sequence timeout) in the last {} seconds",
+                    now_suppressed - suppressed,
+                    REPORT_EVERY.as_secs()
+                ));
+                suppressed = now_suppressed;
+            }
+            let now_drops = total(workers, |p| &p.kernel_drops);
+            if now_drops > drops {
+                log.text(format!(
+                    "warning: the kernel dropped {} packets in the last {} seconds: capture is falling behind",
+                    now_drops - drops,
+                    REPORT_EVERY.as_secs()
+                ));
+                drops = now_drops;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SIGHUP: re-read the config. A bad config is logged and the running one kept.
+fn reload(s: &Settings, workers: &[WorkerHandle], log: &Log) {
+    log.text(format!("re-reading config file: {}", s.config.display()));
+    let attempt = || -> anyhow::Result<(Config, Arc<Doors>, Vec<IpAddr>)> {
+        let config = Config::load(&s.config)?;
+        let interface = s.interface.clone().or_else(|| config.options.interface.clone());
+        let doors = Doors::new(&config)?;
+        let local = local_addresses(&interface.unwrap_or_else(|| DEFAULT_INTERFACE.into()), s.ipv4_only)?;
+        // Check the filter builds before any worker switches.
+        Program::knock(&Matcher::new(doors.clone(), local.clone(), 0).filter_spec(!s.ipv4_only))?;
+        Ok((config, doors, local))
+    };
+    match attempt() {
+        Ok((config, doors, local)) => {
+            let config = Arc::new(config);
+            // The log learns the new door names before any worker can use them.
+            log.send(LogItem::Config(config.clone()));
+            for door in doors.disabled() {
+                log.send(LogItem::Event(Event::DoorDisabled { door }));
+            }
+            for w in workers {
+                let _ = w.control.send(Control::Reload {
+                    config: config.clone(),
+                    doors: doors.clone(),
+                    local: local.clone(),
+                });
+            }
+        }
+        Err(e) => log.text(format!("error: {e:#}; keeping the running configuration")),
+    }
+}
+
+/// A token bucket for per-packet log lines: `rate` per second, bursts of one second's worth.
+struct Limiter {
+    rate: u32,
+    tokens: u32,
+    refilled: Secs,
+    suppressed: u64,
+}
+
+impl Limiter {
+    fn new(rate: u32) -> Limiter {
+        Limiter { rate, tokens: rate, refilled: 0, suppressed: 0 }
+    }
+
+    fn allow(&mut self, now: Secs) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        if now != self.refilled {
+            self.refilled = now;
+            self.tokens = self.rate;
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+/// Where a worker's matcher events go.
+struct WorkerSink {
     config: Arc<Config>,
-    matcher: Matcher,
     log: Log,
-    executor: Executor,
+    executor: ExecutorHandle,
+    limiter: Limiter,
+}
+
+impl Sink for WorkerSink {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Open { src, door } => {
+                // Never rate-limited: OPEN SESAME and the commands always reach the log.
+                self.log.send(LogItem::Event(event));
+                let d = &self.config.doors[usize::from(door)];
+                self.executor.open(GrantRequest {
+                    door,
+                    door_name: d.name.clone(),
+                    ip: src,
+                    start: d.start_command_for(src).map(str::to_owned),
+                    stop: d.stop_command_for(src).map(str::to_owned),
+                    timeout: Duration::from_secs(u64::from(d.cmd_timeout)),
+                });
+            }
+            Event::Stage { .. } | Event::Timeout { .. } => {
+                if self.limiter.allow(now_secs()) {
+                    self.log.offer(LogItem::Event(event));
+                }
+            }
+            Event::DoorDisabled { .. } | Event::OneTimeError { .. } => self.log.send(LogItem::Event(event)),
+        }
+    }
+}
+
+struct Worker {
+    matcher: Matcher,
+    sink: WorkerSink,
+    ring: Ring,
+    control: Receiver<Control>,
+    published: Arc<Published>,
+    budget: usize,
     debug: bool,
-    events: Vec<Event>,
+    ipv6: bool,
 }
 
 impl Worker {
-    fn capture(
-        &mut self,
-        ring: &mut Ring,
-        term: &AtomicBool,
-        hup: &AtomicBool,
-        s: &Settings,
-    ) -> anyhow::Result<()> {
+    fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut generation = self.matcher.generation();
-        while !term.load(Ordering::Relaxed) {
-            if hup.swap(false, Ordering::Relaxed) {
-                self.reload(ring, s);
+        let mut stats = RingStats::default();
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(Control::Reload { config, doors, local }) = self.control.try_recv() {
+                let matcher = Matcher::new(doors, local, self.budget);
+                self.ring.set_filter(&Program::knock(&matcher.filter_spec(self.ipv6))?)?;
+                self.matcher = matcher;
+                self.sink.config = config;
                 generation = self.matcher.generation();
             }
             // Wake at the next second boundary at the latest: sequence timeouts are
@@ -166,75 +439,46 @@ impl Worker {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let wait = Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
                 + Duration::from_millis(2);
-            if let Some(block) = ring.next_block(wait.min(Duration::from_millis(250)))? {
+            if let Some(block) = self.ring.next_block(wait.min(Duration::from_millis(250)))? {
                 for frame in block.packets() {
                     match parse_frame(frame.data) {
                         Ok(knock) => {
                             if self.debug {
                                 debug_knock(&knock);
                             }
-                            self.matcher.on_knock(&knock, Secs::from(frame.ts_sec), &mut self.events);
+                            self.matcher.on_knock(&knock, Secs::from(frame.ts_sec), &mut self.sink);
                         }
                         Err(e) if self.debug => println!("skipping frame of {} bytes: {e}", frame.data.len()),
                         Err(_) => {}
                     }
                 }
             }
-            self.matcher.expire(now_secs(), &mut self.events);
-            self.dispatch();
+            self.matcher.expire(now_secs(), &mut self.sink);
             if self.matcher.generation() != generation {
                 // A one-time door moved to its next sequence (or was disabled).
                 generation = self.matcher.generation();
-                ring.set_filter(&Program::knock(&self.matcher.filter_spec(!s.ipv4_only))?)?;
+                self.ring.set_filter(&Program::knock(&self.matcher.filter_spec(self.ipv6))?)?;
             }
+            if let Ok(s) = self.ring.stats() {
+                stats = s;
+            }
+            self.publish(&stats);
         }
+        self.publish(&self.ring.stats().unwrap_or(stats));
         Ok(())
     }
 
-    /// Sends the matcher's events to the log and successes to the executor.
-    fn dispatch(&mut self) {
-        for event in self.events.drain(..) {
-            match event {
-                Event::Open { src, door } => {
-                    self.log.send(LogItem::Event(event.clone()));
-                    let d = &self.config.doors[usize::from(door)];
-                    self.executor.open(GrantRequest {
-                        door,
-                        door_name: d.name.clone(),
-                        ip: src,
-                        start: d.start_command_for(src).map(str::to_owned),
-                        stop: d.stop_command_for(src).map(str::to_owned),
-                        timeout: Duration::from_secs(u64::from(d.cmd_timeout)),
-                    });
-                }
-                Event::Stage { .. } | Event::Timeout { .. } => self.log.offer(LogItem::Event(event)),
-                Event::DoorDisabled { .. } | Event::OneTimeError { .. } => {
-                    self.log.send(LogItem::Event(event))
-                }
-            }
-        }
-    }
-
-    /// SIGHUP: re-read the config. A bad config is logged and the running one kept.
-    fn reload(&mut self, ring: &Ring, s: &Settings) {
-        self.log.text(format!("re-reading config file: {}", s.config.display()));
-        let attempt = || -> anyhow::Result<(Config, Matcher, Program)> {
-            let config = Config::load(&s.config)?;
-            let local = local_addresses(ring.ifname(), s.ipv4_only)?;
-            let (matcher, program) = build_matcher(&config, local, s.ipv4_only)?;
-            Ok((config, matcher, program))
-        };
-        match attempt().and_then(|(c, m, p)| ring.set_filter(&p).map(|()| (c, m)).map_err(Into::into)) {
-            Ok((config, matcher)) => {
-                self.config = Arc::new(config);
-                self.matcher = matcher;
-                self.log.send(LogItem::Config(self.config.clone()));
-                for door in self.matcher.disabled_doors() {
-                    self.log.send(LogItem::Event(Event::DoorDisabled { door }));
-                }
-            }
-            Err(e) => self.log.text(format!("error: {e:#}; keeping the running configuration")),
-        }
+    fn publish(&self, ring: &RingStats) {
+        let m = self.matcher.stats();
+        let p = &self.published;
+        p.suppressed.store(self.sink.limiter.suppressed, Ordering::Relaxed);
+        p.packets.store(ring.packets, Ordering::Relaxed);
+        p.kernel_drops.store(ring.drops, Ordering::Relaxed);
+        p.knocks.store(m.knocks, Ordering::Relaxed);
+        p.evictions.store(m.tracker.evictions, Ordering::Relaxed);
+        p.rejected.store(m.tracker.rejected, Ordering::Relaxed);
+        p.attempts.store(self.matcher.in_progress() as u64, Ordering::Relaxed);
+        p.capacity.store(self.matcher.tracker().capacity() as u64, Ordering::Relaxed);
     }
 }
 

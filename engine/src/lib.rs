@@ -7,3 +7,4 @@ pub mod config;
 pub mod daemon;
 pub mod log;
 pub mod matcher;
+pub mod tracker;

@@ -384,6 +384,7 @@ mod tests {
             source: "t".into(),
             options: crate::config::Options::default(),
             doors: vec![d],
+            tuning: Default::default(),
         });
         let (log, thread) =
             start(Destinations { file: Some(path.clone()), ..Default::default() }, config).unwrap();

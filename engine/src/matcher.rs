@@ -3,6 +3,8 @@
 //!
 //! Rules (see `knockd-behaviour.md`):
 //! - one attempt per (source, door); doors sharing a prefix advance in parallel;
+//! - a packet from a source with a live attempt only acts on its attempts: new
+//!   attempts begin only from a source that has none;
 //! - the door's next step (port, protocol, flags) advances the attempt;
 //! - right port but wrong TCP flags: ignored;
 //! - any other knock port invalidates the attempt, and that packet is consumed
@@ -13,14 +15,21 @@
 //!   knock; expired attempts are dropped before the packet is looked at.
 //!
 //! Unlike knockd, timeouts are also fired by [`Matcher::expire`] from a timer, so
-//! they are logged on time instead of at the next packet.
+//! they are logged on time instead of at the next packet, and attempts live in a
+//! bounded [`Tracker`] instead of a list that grows with a flood.
+//!
+//! Each capture worker owns one `Matcher` outright. What workers share is the door
+//! list ([`Doors`]); only one-time doors change at run time, and a worker notices such
+//! a change with one atomic load, taking a lock only when it happened.
 
 use crate::config::onetime::{OneTimeFile, OneTimeLine};
 use crate::config::{Config, ConfigError, Door, Step, TcpFlagRule};
+use crate::tracker::{Inserted, Tracker, TrackerStats};
 use sesame_capture::filter::FilterSpec;
 use sesame_capture::{Knock, Proto};
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Index of a door in the config's door list.
 pub type DoorId = u16;
@@ -43,6 +52,18 @@ pub enum Event {
     /// A one-time sequence file could not be updated or read; the door is disabled
     /// rather than left open to a replay.
     OneTimeError { door: DoorId, message: String },
+}
+
+/// Where events go. The daemon's sink rate-limits per-packet events and hands
+/// successes to the firewall; tests collect into a `Vec`.
+pub trait Sink {
+    fn event(&mut self, event: Event);
+}
+
+impl Sink for Vec<Event> {
+    fn event(&mut self, event: Event) {
+        self.push(event);
+    }
 }
 
 /// An attempt in progress: `stage` steps matched (at least one, fewer than all).
@@ -78,6 +99,11 @@ pub enum Start {
 }
 
 impl Knocking {
+    /// An attempt as stored in the tracker.
+    pub(crate) fn at(stage: u8, started: Secs) -> Knocking {
+        Knocking { stage, started }
+    }
+
     /// A packet that may begin an attempt at `door`.
     pub fn start(door: &DoorState, k: &Knock, now: Secs) -> Start {
         if !door.flags_ok(k) || !door.step_is(0, k) {
@@ -121,40 +147,95 @@ impl Knocking {
     }
 }
 
-/// The matching-relevant part of a door, owned by the matcher (one-time doors change
-/// their sequence at run time).
+/// A one-time door's file and current line, shared by all workers.
 #[derive(Debug)]
+struct OneTime {
+    /// Bumped each time the current sequence changes.
+    generation: AtomicU64,
+    state: Mutex<OneTimeState>,
+}
+
+#[derive(Debug)]
+struct OneTimeState {
+    file: OneTimeFile,
+    /// `None` once the door is disabled.
+    line: Option<OneTimeLine>,
+}
+
+/// The doors, shared by every worker's matcher.
+#[derive(Debug)]
+pub struct Doors {
+    initial: Vec<DoorState>,
+    one_time: Vec<Option<OneTime>>,
+}
+
+impl Doors {
+    /// Compiles the config's doors, reading the one-time-sequence files.
+    pub fn new(config: &Config) -> Result<Arc<Doors>, ConfigError> {
+        assert!(config.doors.len() <= usize::from(DoorId::MAX), "too many doors");
+        let mut initial = Vec::new();
+        let mut one_time = Vec::new();
+        for door in &config.doors {
+            let (state, ot) = DoorState::from_door(door)?;
+            initial.push(state);
+            one_time.push(ot);
+        }
+        Ok(Arc::new(Doors { initial, one_time }))
+    }
+
+    /// Doors that are disabled from the start (one-time files with no sequence left).
+    pub fn disabled(&self) -> impl Iterator<Item = DoorId> + '_ {
+        self.initial.iter().enumerate().filter(|(_, d)| !d.enabled).map(|(i, _)| i as DoorId)
+    }
+
+    pub fn len(&self) -> usize {
+        self.initial.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.initial.is_empty()
+    }
+}
+
+/// The matching-relevant part of a door, as one worker currently sees it.
+#[derive(Clone, Debug)]
 pub struct DoorState {
     pub sequence: Vec<Step>,
     pub seq_timeout: u32,
     flags: TcpFlagRule,
     target: Option<IpAddr>,
     enabled: bool,
-    one_time: Option<(OneTimeFile, OneTimeLine)>,
+    /// For one-time doors: the shared generation this copy was made from.
+    generation: u64,
 }
 
 impl DoorState {
-    fn from_door(door: &Door) -> Result<DoorState, ConfigError> {
-        let one_time = match &door.one_time {
-            None => None,
+    fn from_door(door: &Door) -> Result<(DoorState, Option<OneTime>), ConfigError> {
+        let (sequence, one_time) = match &door.one_time {
+            None => (door.sequence.clone(), None),
             Some(ots) => {
                 let file = OneTimeFile::open(&ots.path)?;
-                file.current()?.map(|line| (file, line))
+                let line = file.current()?;
+                let seq = line.as_ref().map(|l| l.sequence.clone()).unwrap_or_default();
+                (
+                    seq,
+                    Some(OneTime {
+                        generation: AtomicU64::new(0),
+                        state: Mutex::new(OneTimeState { file, line }),
+                    }),
+                )
             }
         };
-        let sequence = match &one_time {
-            Some((_, line)) => line.sequence.clone(),
-            None => door.sequence.clone(),
-        };
         let enabled = !sequence.is_empty();
-        Ok(DoorState {
+        let state = DoorState {
             sequence,
             seq_timeout: door.seq_timeout,
             flags: door.tcp_flags,
             target: door.target,
             enabled,
-            one_time,
-        })
+            generation: 0,
+        };
+        Ok((state, one_time))
     }
 
     fn flags_ok(&self, k: &Knock) -> bool {
@@ -180,57 +261,100 @@ pub struct MatchStats {
     pub opened: u64,
     pub broken: u64,
     pub timeouts: u64,
+    pub tracker: TrackerStats,
 }
 
-/// Attempts of every source at every door, and the doors' current sequences.
-#[derive(Debug)]
-pub struct Matcher {
-    doors: Vec<DoorState>,
-    /// Our own addresses: what "addressed to us" means for doors without a Target.
-    local: Vec<IpAddr>,
-    /// (protocol, port) → doors with that step, for the visibility test.
-    ports: HashMap<(Proto, u16), Vec<DoorId>>,
-    attempts: HashMap<(IpAddr, DoorId), Knocking>,
-    /// Per door, attempts in start order: with one timeout per door, they expire in
-    /// this order, so the timer only ever looks at the front.
-    expiry: Vec<VecDeque<(Secs, IpAddr)>>,
-    stats: MatchStats,
-    /// Bumped whenever the set of knock ports changes (one-time doors), so the capture
-    /// side knows to rebuild its kernel filter.
-    generation: u64,
+/// (protocol, port) → the doors with that step, as a dense table: one load per packet.
+struct PortIndex {
+    /// Index into `lists` + 1 for each (protocol, port); 0 = no door.
+    slots: Box<[u16]>,
+    lists: Vec<Vec<DoorId>>,
 }
 
-impl Matcher {
-    /// Builds the matcher for `config`, listening on `local` addresses. Reads the
-    /// one-time-sequence files.
-    pub fn new(config: &Config, local: Vec<IpAddr>) -> Result<Matcher, ConfigError> {
-        let doors = config.doors.iter().map(DoorState::from_door).collect::<Result<Vec<_>, _>>()?;
-        assert!(doors.len() <= usize::from(DoorId::MAX), "too many doors");
-        let expiry = doors.iter().map(|_| VecDeque::new()).collect();
-        let mut m = Matcher {
-            doors,
-            local,
-            ports: HashMap::new(),
-            attempts: HashMap::new(),
-            expiry,
-            stats: MatchStats::default(),
-            generation: 0,
-        };
-        m.reindex();
-        Ok(m)
-    }
-
-    fn reindex(&mut self) {
-        self.ports.clear();
-        for (id, door) in self.doors.iter().enumerate().filter(|(_, d)| d.enabled) {
+impl PortIndex {
+    fn new(doors: &[DoorState]) -> PortIndex {
+        let mut index = PortIndex { slots: vec![0u16; 2 * 65536].into_boxed_slice(), lists: Vec::new() };
+        for (id, door) in doors.iter().enumerate().filter(|(_, d)| d.enabled) {
             for step in &door.sequence {
-                let ids = self.ports.entry((step.proto, step.port)).or_default();
-                if !ids.contains(&(id as DoorId)) {
-                    ids.push(id as DoorId);
+                let slot = Self::slot(step.proto, step.port);
+                if index.slots[slot] == 0 {
+                    index.lists.push(Vec::new());
+                    index.slots[slot] = index.lists.len() as u16;
+                }
+                let list = &mut index.lists[usize::from(index.slots[slot]) - 1];
+                if !list.contains(&(id as DoorId)) {
+                    list.push(id as DoorId);
                 }
             }
         }
-        self.generation += 1;
+        index
+    }
+
+    fn slot(proto: Proto, port: u16) -> usize {
+        usize::from(proto == Proto::Udp) << 16 | usize::from(port)
+    }
+
+    fn doors(&self, proto: Proto, port: u16) -> &[DoorId] {
+        match self.slots[Self::slot(proto, port)] {
+            0 => &[],
+            n => &self.lists[usize::from(n) - 1],
+        }
+    }
+
+    fn ports(&self) -> impl Iterator<Item = (Proto, u16)> + '_ {
+        self.slots.iter().enumerate().filter(|(_, &n)| n != 0).map(|(i, _)| {
+            let proto = if i >> 16 == 1 { Proto::Udp } else { Proto::Tcp };
+            (proto, i as u16)
+        })
+    }
+}
+
+impl std::fmt::Debug for PortIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.ports()).finish()
+    }
+}
+
+/// One worker's matcher: its view of the doors and its share of the attempts.
+#[derive(Debug)]
+pub struct Matcher {
+    shared: Arc<Doors>,
+    doors: Vec<DoorState>,
+    /// Our own addresses: what "addressed to us" means for doors without a Target.
+    local: Vec<IpAddr>,
+    ports: PortIndex,
+    attempts: Tracker,
+    stats: MatchStats,
+    /// Whether any door is one-time (only then is the shared state polled).
+    has_one_time: bool,
+    /// Bumped whenever the set of knock ports changes (one-time doors), so the capture
+    /// side knows to rebuild its kernel filter.
+    generation: u64,
+    /// The second of the last sweep: timeouts are whole seconds, so one sweep per
+    /// second is on time, and more would only burn memory bandwidth.
+    swept: Secs,
+}
+
+impl Matcher {
+    /// A matcher with a tracker of at most `budget` bytes, listening on `local`.
+    pub fn new(doors: Arc<Doors>, local: Vec<IpAddr>, budget: usize) -> Matcher {
+        Matcher::with_tracker(doors, local, Tracker::for_budget(budget))
+    }
+
+    pub fn with_tracker(doors: Arc<Doors>, local: Vec<IpAddr>, attempts: Tracker) -> Matcher {
+        let mine = doors.initial.clone();
+        let has_one_time = doors.one_time.iter().any(Option::is_some);
+        Matcher {
+            ports: PortIndex::new(&mine),
+            shared: doors,
+            doors: mine,
+            local,
+            attempts,
+            stats: MatchStats::default(),
+            has_one_time,
+            generation: 0,
+            swept: 0,
+        }
     }
 
     pub fn doors(&self) -> &[DoorState] {
@@ -238,7 +362,7 @@ impl Matcher {
     }
 
     pub fn stats(&self) -> MatchStats {
-        self.stats
+        MatchStats { tracker: self.attempts.stats(), ..self.stats }
     }
 
     /// Attempts currently in progress.
@@ -246,13 +370,12 @@ impl Matcher {
         self.attempts.len()
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    pub fn tracker(&self) -> &Tracker {
+        &self.attempts
     }
 
-    /// Doors that were disabled at start (one-time files with no sequence left).
-    pub fn disabled_doors(&self) -> impl Iterator<Item = DoorId> + '_ {
-        self.doors.iter().enumerate().filter(|(_, d)| !d.enabled).map(|(i, _)| i as DoorId)
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// What the kernel filter must let through: every knock port of every enabled door,
@@ -269,15 +392,12 @@ impl Matcher {
             self.local.iter().copied().for_each(&mut add);
         }
         enabled.filter_map(|d| d.target).for_each(&mut add);
-        for (proto, port) in self.ports.keys() {
-            let list = match proto {
-                Proto::Tcp => &mut spec.tcp_ports,
-                Proto::Udp => &mut spec.udp_ports,
-            };
-            list.push(*port);
+        for (proto, port) in self.ports.ports() {
+            match proto {
+                Proto::Tcp => spec.tcp_ports.push(port),
+                Proto::Udp => spec.udp_ports.push(port),
+            }
         }
-        spec.tcp_ports.sort_unstable();
-        spec.udp_ports.sort_unstable();
         spec
     }
 
@@ -291,60 +411,76 @@ impl Matcher {
     /// Whether knockd's kernel filter would pass `k`: some enabled door has this
     /// (protocol, port), is addressed by it, and accepts its flags.
     fn visible(&self, k: &Knock) -> bool {
-        self.ports.get(&(k.proto, k.dst_port)).is_some_and(|ids| {
-            ids.iter().any(|&id| {
-                let d = &self.doors[usize::from(id)];
-                d.flags_ok(k) && self.addressed_to(d, k.dst)
-            })
+        self.ports.doors(k.proto, k.dst_port).iter().any(|&id| {
+            let d = &self.doors[usize::from(id)];
+            d.flags_ok(k) && self.addressed_to(d, k.dst)
         })
     }
 
-    /// Feeds one packet, seen at `now`; events are appended to `out`.
-    pub fn on_knock(&mut self, k: &Knock, now: Secs, out: &mut Vec<Event>) {
+    /// Feeds one packet, seen at `now`.
+    pub fn on_knock(&mut self, k: &Knock, now: Secs, out: &mut impl Sink) {
+        if self.has_one_time {
+            self.refresh_one_time();
+        }
         if !self.visible(k) {
             self.stats.invisible += 1;
             return;
         }
         self.stats.knocks += 1;
+        let bucket = self.attempts.bucket(k.src);
+        // knockd's rule: a source with a live attempt (at a door this packet addresses)
+        // has the packet applied to its attempts only; new attempts begin only from a
+        // source with none. So the knock that completes `openSSH` at 9000 does not also
+        // begin `closeSSH` (9000,8000,7000), and a wrong knock at one door never starts
+        // another.
+        let mut live = false;
         for id in 0..self.doors.len() {
             let door = &self.doors[id];
             if !door.enabled || !self.addressed_to(door, k.dst) {
                 continue;
             }
             let id = id as DoorId;
-            let key = (k.src, id);
-            if let Some(att) = self.attempts.remove(&key) {
-                if att.expired(door, now) {
-                    self.stats.timeouts += 1;
-                    out.push(Event::Timeout { src: k.src, door: id, stage: att.stage });
-                    // Expired before this packet: the packet may begin a new attempt.
-                } else {
-                    match att.knock(door, k) {
-                        Advance::Next(next) => {
-                            out.push(Event::Stage { src: k.src, door: id, stage: next.stage });
-                            self.attempts.insert(key, next);
-                        }
-                        Advance::Open(opened) => {
-                            out.push(Event::Stage { src: k.src, door: id, stage: att.stage + 1 });
-                            self.open(opened, k.src, id, out);
-                        }
-                        Advance::Ignored(same) => {
-                            self.attempts.insert(key, same);
-                        }
-                        Advance::Broken => self.stats.broken += 1,
-                    }
-                    continue;
-                }
+            let Some(att) = self.attempts.take(&bucket, id) else { continue };
+            if att.expired(door, now) {
+                // Expired before this packet: dropped first, as knockd does.
+                self.stats.timeouts += 1;
+                out.event(Event::Timeout { src: k.src, door: id, stage: att.stage });
+                continue;
             }
-            let door = &self.doors[usize::from(id)];
+            live = true;
+            match att.knock(door, k) {
+                Advance::Next(next) => {
+                    out.event(Event::Stage { src: k.src, door: id, stage: next.stage });
+                    // Taken just now, so its slot is free: this cannot be refused.
+                    self.attempts.insert(&bucket, id, next);
+                }
+                Advance::Open(opened) => {
+                    out.event(Event::Stage { src: k.src, door: id, stage: att.stage + 1 });
+                    self.open(opened, k.src, id, out);
+                }
+                Advance::Ignored(same) => {
+                    self.attempts.insert(&bucket, id, same);
+                }
+                Advance::Broken => self.stats.broken += 1,
+            }
+        }
+        if live {
+            return;
+        }
+        for id in 0..self.doors.len() {
+            let door = &self.doors[id];
+            if !door.enabled || !self.addressed_to(door, k.dst) {
+                continue;
+            }
+            let id = id as DoorId;
             match Knocking::start(door, k, now) {
                 Start::Knocking(att) => {
-                    out.push(Event::Stage { src: k.src, door: id, stage: 1 });
-                    self.expiry[usize::from(id)].push_back((now, k.src));
-                    self.attempts.insert(key, att);
+                    if self.attempts.insert(&bucket, id, att) != Inserted::Rejected {
+                        out.event(Event::Stage { src: k.src, door: id, stage: 1 });
+                    }
                 }
                 Start::Open(opened) => {
-                    out.push(Event::Stage { src: k.src, door: id, stage: 1 });
+                    out.event(Event::Stage { src: k.src, door: id, stage: 1 });
                     self.open(opened, k.src, id, out);
                 }
                 Start::No => {}
@@ -352,63 +488,89 @@ impl Matcher {
         }
     }
 
-    fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, out: &mut Vec<Event>) {
+    fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, out: &mut impl Sink) {
         self.stats.opened += 1;
-        out.push(Event::Open { src, door: id });
-        if self.doors[usize::from(id)].one_time.is_some() {
+        out.event(Event::Open { src, door: id });
+        if self.shared.one_time[usize::from(id)].is_some() {
             self.next_one_time(id, out);
         }
     }
 
-    /// Marks the used one-time sequence and loads the next; disables the door when
-    /// none is left or the file cannot be updated (a sequence that cannot be marked
-    /// used must not stay valid).
-    fn next_one_time(&mut self, id: DoorId, out: &mut Vec<Event>) {
-        let door = &mut self.doors[usize::from(id)];
-        let Some((file, line)) = door.one_time.take() else { return };
-        let next = match file.mark_used(&line) {
-            Err(e) => Err(format!("cannot mark line {} used: {e}", line.line)),
-            Ok(()) => file.current().map_err(|e| e.to_string()),
-        };
-        match next {
-            Ok(Some(next)) => {
-                door.sequence = next.sequence.clone();
-                door.one_time = Some((file, next));
-            }
-            Ok(None) => {
-                door.enabled = false;
-                out.push(Event::DoorDisabled { door: id });
-            }
-            Err(message) => {
-                door.enabled = false;
-                out.push(Event::OneTimeError { door: id, message });
-            }
+    /// Marks the used one-time sequence and loads the next, for every worker; disables
+    /// the door when none is left or the file cannot be updated (a sequence that cannot
+    /// be marked used must not stay valid).
+    fn next_one_time(&mut self, id: DoorId, out: &mut impl Sink) {
+        let Some(ot) = &self.shared.one_time[usize::from(id)] else { return };
+        let mut state = ot.state.lock().unwrap_or_else(|p| p.into_inner());
+        if ot.generation.load(Ordering::Acquire) != self.doors[usize::from(id)].generation {
+            // Another worker moved on first; this success used a sequence that was
+            // current when it was knocked, and there is nothing more to mark.
+            drop(state);
+            self.refresh_one_time();
+            return;
         }
-        // Attempts at the old sequence must not complete the new one.
-        self.attempts.retain(|(_, d), _| *d != id);
-        self.expiry[usize::from(id)].clear();
-        self.reindex();
+        let result = match state.line.take() {
+            None => Ok(None),
+            Some(line) => match state.file.mark_used(&line) {
+                Err(e) => Err(format!("cannot mark line {} used: {e}", line.line)),
+                Ok(()) => state.file.current().map_err(|e| e.to_string()),
+            },
+        };
+        match result {
+            Ok(Some(next)) => state.line = Some(next),
+            Ok(None) => out.event(Event::DoorDisabled { door: id }),
+            Err(message) => out.event(Event::OneTimeError { door: id, message }),
+        }
+        ot.generation.fetch_add(1, Ordering::AcqRel);
+        drop(state);
+        self.refresh_one_time();
+    }
+
+    /// Picks up one-time doors that any worker moved to their next sequence.
+    fn refresh_one_time(&mut self) {
+        let mut changed = false;
+        for (id, ot) in self.shared.one_time.iter().enumerate() {
+            let Some(ot) = ot else { continue };
+            let generation = ot.generation.load(Ordering::Acquire);
+            if generation == self.doors[id].generation {
+                continue;
+            }
+            let state = ot.state.lock().unwrap_or_else(|p| p.into_inner());
+            let door = &mut self.doors[id];
+            door.sequence = state.line.as_ref().map(|l| l.sequence.clone()).unwrap_or_default();
+            door.enabled = !door.sequence.is_empty();
+            door.generation = ot.generation.load(Ordering::Acquire);
+            drop(state);
+            // Attempts at the old sequence must not complete the new one.
+            self.attempts.forget_door(id as DoorId);
+            changed = true;
+        }
+        if changed {
+            self.ports = PortIndex::new(&self.doors);
+            self.generation += 1;
+        }
     }
 
     /// Fires every sequence timeout due at `now`.
-    pub fn expire(&mut self, now: Secs, out: &mut Vec<Event>) {
-        for (id, queue) in self.expiry.iter_mut().enumerate() {
-            let timeout = u64::from(self.doors[id].seq_timeout);
-            while let Some(&(started, src)) = queue.front() {
-                if now.saturating_sub(started) < timeout {
-                    break;
-                }
-                queue.pop_front();
-                let key = (src, id as DoorId);
-                // The queue may hold attempts that already completed or broke, or an
-                // older start of a source that has since begun again.
-                if self.attempts.get(&key).is_some_and(|a| a.started == started) {
-                    let att = self.attempts.remove(&key).expect("checked above");
-                    self.stats.timeouts += 1;
-                    out.push(Event::Timeout { src, door: id as DoorId, stage: att.stage });
-                }
-            }
+    pub fn expire(&mut self, now: Secs, out: &mut impl Sink) {
+        if self.has_one_time {
+            self.refresh_one_time();
         }
+        if now == self.swept {
+            return;
+        }
+        self.swept = now;
+        let doors = &self.doors;
+        let mut fired = 0;
+        self.attempts.sweep(|src, door, att| {
+            let expired = att.expired(&doors[usize::from(door)], now);
+            if expired {
+                fired += 1;
+                out.event(Event::Timeout { src, door, stage: att.stage });
+            }
+            expired
+        });
+        self.stats.timeouts += fired;
     }
 }
 
@@ -437,8 +599,13 @@ mod tests {
     }
 
     fn matcher(doors: Vec<Door>) -> Matcher {
-        let config = Config { source: PathBuf::from("test.conf"), options: Options::default(), doors };
-        Matcher::new(&config, vec![US, OTHER_US]).unwrap()
+        let config = Config {
+            source: PathBuf::from("test.conf"),
+            options: Options::default(),
+            doors,
+            tuning: Default::default(),
+        };
+        Matcher::new(Doors::new(&config).unwrap(), vec![US, OTHER_US], 1 << 20)
     }
 
     fn tcp(src: IpAddr, port: u16, flags: u8) -> Knock {
@@ -613,6 +780,30 @@ mod tests {
     }
 
     #[test]
+    fn the_knock_that_completes_one_door_does_not_begin_another() {
+        // The seed's openSSH/closeSSH pair: 9000 ends openSSH and is closeSSH's first port.
+        let mut m =
+            matcher(vec![door("openSSH", "7000,8000,9000", 5), door("closeSSH", "9000,8000,7000", 5)]);
+        let open = [7000, 8000, 9000].map(|p| (1, tcp(A, p, SYN)));
+        let ev = run(&mut m, &open);
+        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert!(!ev.contains(&Event::Stage { src: A, door: 1, stage: 1 }), "{ev:?}");
+        let close = [9000, 8000, 7000].map(|p| (2, tcp(A, p, SYN)));
+        assert_eq!(opens(&run(&mut m, &close)), vec![(A, 1)]);
+    }
+
+    #[test]
+    fn a_wrong_knock_at_one_door_never_starts_another() {
+        // knockd: `7000 9000 8000 7000` gives `open: Stage 1` twice and nothing else.
+        let mut m = matcher(vec![door("open", "7000,8000,9000", 5), door("close", "9000,8000,7000", 5)]);
+        let ev = run(&mut m, &[7000, 9000, 8000, 7000].map(|p| (1, tcp(A, p, SYN))));
+        assert_eq!(
+            ev,
+            vec![Event::Stage { src: A, door: 0, stage: 1 }, Event::Stage { src: A, door: 0, stage: 1 }]
+        );
+    }
+
+    #[test]
     fn sources_are_independent() {
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5)]);
         let ev = run(
@@ -636,8 +827,9 @@ mod tests {
             source: PathBuf::from("t"),
             options: Options::default(),
             doors: vec![door("d", "7000,8000", 5)],
+            tuning: Default::default(),
         };
-        let mut m = Matcher::new(&config, vec![US, v6us]).unwrap();
+        let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US, v6us], 1 << 20);
         let k =
             |p| Knock { src: v6a, dst: v6us, proto: Proto::Tcp, src_port: 1, dst_port: p, tcp_flags: SYN };
         assert_eq!(opens(&run(&mut m, &[(1, k(7000)), (1, k(8000))])), vec![(v6a, 0)]);

@@ -24,7 +24,8 @@ fn stderr(o: &Output) -> String {
 fn bad_config(dir: &TempDir, line: &str) -> (String, String) {
     let log = dir.join("knockd.log");
     let conf = dir.join("bad.conf");
-    std::fs::write(&conf, format!("[options]\nLogFile = {}\n[d]\n{line}\ncommand = true\n", log.display())).unwrap();
+    std::fs::write(&conf, format!("[options]\nLogFile = {}\n[d]\n{line}\ncommand = true\n", log.display()))
+        .unwrap();
     (conf.display().to_string(), log.display().to_string())
 }
 
@@ -72,7 +73,10 @@ fn sesamed_exit_codes_for_missing_config_interface_and_bad_flags() {
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout).into_owned();
     for flag in ["-i", "-d", "-c", "-D", "-l", "-p", "-g", "-v", "-4", "-V", "-h"] {
-        assert!(help.contains(&format!("{flag},")) || help.contains(&format!("{flag} ")), "{flag} missing: {help}");
+        assert!(
+            help.contains(&format!("{flag},")) || help.contains(&format!("{flag} ")),
+            "{flag} missing: {help}"
+        );
     }
 }
 
@@ -90,7 +94,11 @@ fn check_summarises_doors_and_rejects_bad_files() {
     let (conf, _) = bad_config(&dir, "sequence = 7000,70000");
     let out = run(SESAME, &["check", &conf]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{conf}:4:")) && stderr(&out).contains("70000"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{conf}:4:")) && stderr(&out).contains("70000"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -90,6 +90,11 @@ impl Executor {
         let _ = self.tx.send(Msg::Open(request));
     }
 
+    /// A cloneable handle for other threads (one per capture worker).
+    pub fn handle(&self) -> ExecutorHandle {
+        ExecutorHandle { tx: self.tx.clone() }
+    }
+
     /// Closes every open grant now (running their stop commands), runs what is
     /// queued, and waits for both threads.
     pub fn shutdown(mut self) {
@@ -104,6 +109,20 @@ impl Executor {
         if let Some(r) = self.runner.take() {
             let _ = r.join();
         }
+    }
+}
+
+/// Lets a capture worker hand successes to the executor.
+#[derive(Clone)]
+pub struct ExecutorHandle {
+    tx: Sender<Msg>,
+}
+
+impl ExecutorHandle {
+    /// Hands a successful knock over. Never waits for a command; after shutdown the
+    /// request is dropped (the daemon stops capturing before it shuts the executor down).
+    pub fn open(&self, request: GrantRequest) {
+        let _ = self.tx.send(Msg::Open(request));
     }
 }
 

@@ -13,7 +13,7 @@ pub mod executor;
 pub mod grants;
 pub mod runner;
 
-pub use executor::{Executor, GrantRequest, Report};
+pub use executor::{Executor, ExecutorHandle, GrantRequest, Report};
 pub use runner::{CommandRunner, ShellRunner};
 
 /// knockd's `%IP%` substitution: every occurrence, literally and case-sensitively.

@@ -46,6 +46,12 @@ struct Args {
     /// only capture ipv4 packets
     #[arg(short = '4', long = "only-ip-v4")]
     only_ipv4: bool,
+    /// capture workers (sesame only; default: the config's, else one per core)
+    #[arg(long = "workers", value_name = "n", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+    /// attempt-table memory for all workers, MiB (sesame only; default: the config's, else 64)
+    #[arg(long = "memory-mib", value_name = "mib", value_parser = clap::value_parser!(u32).range(1..=1048576))]
+    memory_mib: Option<u32>,
     /// display version
     #[arg(short = 'V', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
@@ -73,6 +79,8 @@ fn main() -> ExitCode {
         log_file: args.logfile,
         verbose: args.verbose || args.debug,
         ipv4_only: args.only_ipv4,
+        workers: args.workers,
+        memory_mib: args.memory_mib,
     };
     match daemon::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

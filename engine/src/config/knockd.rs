@@ -29,7 +29,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         parser.line(index + 1, raw.trim())?;
     }
     parser.finish_door()?;
-    Ok(Config { source: path.to_owned(), options: parser.options, doors: parser.doors })
+    Ok(Config {
+        source: path.to_owned(),
+        options: parser.options,
+        doors: parser.doors,
+        tuning: Default::default(),
+    })
 }
 
 /// Parses a `TCPFlags` value: `f,!g,...` (`|` also separates), names case-insensitive.

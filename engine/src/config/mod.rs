@@ -34,6 +34,39 @@ pub struct Config {
     pub options: Options,
     /// Doors in file order; names need not be unique (knockd allows it).
     pub doors: Vec<Door>,
+    /// sesame-only settings (native TOML `[capture]` and `[limits]`; defaults for knockd.conf).
+    pub tuning: Tuning,
+}
+
+/// Capture and resource settings knockd does not have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Capture workers (rings in one fanout group); `None` = one per core.
+    pub workers: Option<u32>,
+    /// Bytes per TPACKET_V3 ring block (a power of two, a multiple of the page size).
+    pub ring_block_size: u32,
+    /// Blocks per ring.
+    pub ring_block_count: u32,
+    /// Memory for all workers' attempt tables together, in MiB.
+    pub memory_mib: u32,
+    /// Per-packet log lines (`Stage N`, `sequence timeout`) allowed per second, all
+    /// workers together; the rest are counted and summarised. 0 = no limit.
+    pub log_lines_per_second: u32,
+}
+
+/// Default attempt-table budget: 64 MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            workers: None,
+            ring_block_size: 1 << 20,
+            ring_block_count: 8,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            log_lines_per_second: 200,
+        }
+    }
 }
 
 /// The `[options]` section.

@@ -22,7 +22,7 @@
 use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
 use super::{
     onetime, parse_sequence, parse_step, Config, ConfigError, Door, OneTimeSequences, Options, Problem, Step,
-    MAX_SEQUENCE,
+    Tuning, MAX_SEQUENCE,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -53,7 +53,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .into_iter()
         .map(|d| door(d).map_err(|(span, problem)| error(Some(span), problem)))
         .collect::<Result<_, _>>()?;
-    Ok(Config { source: path.to_owned(), options, doors })
+    let tuning = tuning(file.capture, file.limits).map_err(|(span, problem)| error(Some(span), problem))?;
+    Ok(Config { source: path.to_owned(), options, doors, tuning })
 }
 
 /// Writes `config` as sesame TOML; [`parse`] reads it back to an equal [`Config`].
@@ -69,6 +70,15 @@ pub fn to_toml(config: &Config) -> String {
             interface: opts.interface.as_deref(),
         },
         door: config.doors.iter().map(door_out).collect(),
+        capture: (config.tuning != Tuning::default()).then(|| CaptureOut {
+            workers: config.tuning.workers,
+            ring_block_size: config.tuning.ring_block_size,
+            ring_block_count: config.tuning.ring_block_count,
+        }),
+        limits: (config.tuning != Tuning::default()).then(|| LimitsOut {
+            memory_mib: config.tuning.memory_mib,
+            log_lines_per_second: config.tuning.log_lines_per_second,
+        }),
     };
     toml::to_string(&file).expect("a Config always serialises to TOML")
 }
@@ -97,6 +107,65 @@ struct FileToml {
     options: Option<OptionsToml>,
     #[serde(default)]
     door: Vec<Spanned<DoorToml>>,
+    capture: Option<CaptureToml>,
+    limits: Option<LimitsToml>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaptureToml {
+    workers: Option<Spanned<i64>>,
+    ring_block_size: Option<Spanned<i64>>,
+    ring_block_count: Option<Spanned<i64>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsToml {
+    memory_mib: Option<Spanned<i64>>,
+    log_lines_per_second: Option<Spanned<i64>>,
+}
+
+/// A whole number from `min` to `max` for `key`.
+fn bounded(key: &str, value: Spanned<i64>, min: i64, max: i64) -> Result<u32, (Span, Problem)> {
+    let v = *value.get_ref();
+    if v < min || v > max {
+        return Err((
+            value.span(),
+            Problem::Other(format!(
+                "invalid value {v} for {key}: must be a whole number from {min} to {max}"
+            )),
+        ));
+    }
+    Ok(v as u32)
+}
+
+fn tuning(capture: Option<CaptureToml>, limits: Option<LimitsToml>) -> Result<Tuning, (Span, Problem)> {
+    let (c, l) = (capture.unwrap_or_default(), limits.unwrap_or_default());
+    let mut t = Tuning::default();
+    if let Some(v) = c.workers {
+        t.workers = Some(bounded("workers", v, 1, 1024)?);
+    }
+    if let Some(v) = c.ring_block_size {
+        let span = v.span();
+        t.ring_block_size = bounded("ring_block_size", v, 4096, 1 << 30)?;
+        if !t.ring_block_size.is_power_of_two() {
+            return Err((
+                span,
+                Problem::Other(format!("ring_block_size {} is not a power of two", t.ring_block_size)),
+            ));
+        }
+    }
+    if let Some(v) = c.ring_block_count {
+        t.ring_block_count = bounded("ring_block_count", v, 2, 1 << 16)?;
+    }
+    if let Some(v) = l.memory_mib {
+        t.memory_mib = bounded("memory_mib", v, 1, 1 << 20)?;
+    }
+    if let Some(v) = l.log_lines_per_second {
+        t.log_lines_per_second = bounded("log_lines_per_second", v, 0, 1 << 30)?;
+    }
+    Ok(t)
 }
 
 #[derive(Default, Deserialize)]
@@ -315,6 +384,24 @@ struct FileOut<'a> {
     options: OptionsOut<'a>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     door: Vec<DoorOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capture: Option<CaptureOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limits: Option<LimitsOut>,
+}
+
+#[derive(Serialize)]
+struct CaptureOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<u32>,
+    ring_block_size: u32,
+    ring_block_count: u32,
+}
+
+#[derive(Serialize)]
+struct LimitsOut {
+    memory_mib: u32,
+    log_lines_per_second: u32,
 }
 
 #[derive(Serialize)]
@@ -400,16 +487,40 @@ mod tests {
     }
 
     #[test]
+    fn capture_and_limits_tables_tune_and_validate() {
+        let c =
+            parse_str("[capture]\nworkers = 4\nring_block_size = 65536\n[limits]\nmemory_mib = 8\n").unwrap();
+        assert_eq!(c.tuning.workers, Some(4));
+        assert_eq!(c.tuning.ring_block_size, 65536);
+        assert_eq!(c.tuning.memory_mib, 8);
+        assert_eq!(c.tuning.ring_block_count, Tuning::default().ring_block_count);
+        let back = parse_str(&to_toml(&c)).unwrap();
+        assert_eq!(back.tuning, c.tuning);
+        for (text, value) in [
+            ("[capture]\nworkers = 0\n", "0"),
+            ("[capture]\nring_block_size = 65537\n", "65537"),
+            ("[limits]\nmemory_mib = -1\n", "-1"),
+        ] {
+            let e = parse_str(text).unwrap_err();
+            assert_eq!(e.line, 2, "{e}");
+            assert!(e.to_string().contains(value), "{e}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_name_their_table() {
         let e = parse_str("[options]\nuse_syslog = true\nlogfile = \"x\"\n").unwrap_err();
         assert_eq!(
             (e.line, e.problem),
             (3, Problem::UnknownKey { key: "logfile".into(), section: "options".into() })
         );
-        let e = parse_str("[capture]\nworkers = 4\n").unwrap_err();
+        let e = parse_str("[capture]\nworkers = 4\nthreads = 2\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("threads"), "{e}");
+        let e = parse_str("[tuning]\nworkers = 4\n").unwrap_err();
         assert_eq!(
             (e.line, e.problem),
-            (1, Problem::UnknownKey { key: "capture".into(), section: "top level".into() })
+            (1, Problem::UnknownKey { key: "tuning".into(), section: "top level".into() })
         );
         let e = parse_str("[options]\n[door]\nname = \"d\"\n").unwrap_err();
         assert!(matches!(&e.problem, Problem::Syntax(m) if m.contains("[[door]]")), "{e}");
@@ -433,7 +544,12 @@ mod tests {
     fn strings_needing_escapes_survive() {
         let mut door = Door::new("quote\"d \\ door", vec![Step { port: 1, proto: Proto::Udp }]);
         door.start_command = Some("echo 'a' \"b\" \\n\ttab %IP% --x=y # not a comment".into());
-        let config = Config { source: "x.conf".into(), options: Options::default(), doors: vec![door] };
+        let config = Config {
+            source: "x.conf".into(),
+            options: Options::default(),
+            doors: vec![door],
+            tuning: Tuning::default(),
+        };
         let back = parse(Path::new("x.toml"), &to_toml(&config)).unwrap();
         assert_eq!(back.doors, config.doors);
     }

@@ -1,0 +1,325 @@
+//! The attempt table: fixed capacity, allocated once, never reallocated.
+//!
+//! knockd keeps attempts in a list that grows for as long as a flood lasts. Here each
+//! worker owns one table sized from the memory budget at start-up. It is
+//! set-associative: a source address hashes (with a per-process random key, so an
+//! attacker cannot aim sources at one bucket) to a bucket of [`WAYS`] slots, which
+//! hold all of that source's attempts, one per door.
+//!
+//! When a new attempt finds its bucket full, the victim is the least advanced attempt,
+//! the oldest among equals. A new attempt is always at stage 1, so it may only replace
+//! another stage-1 attempt: a flood of first knocks from random sources churns through
+//! fresh entries and never pushes out a knocker who is half-way through. If every slot
+//! of the bucket holds a further-advanced attempt, the new one is rejected instead.
+
+use crate::matcher::{DoorId, Knocking, Secs};
+use std::net::IpAddr;
+
+/// Slots per bucket: one bucket is four 64-byte cache lines.
+pub const WAYS: usize = 8;
+
+/// Bytes one slot takes; capacity is the memory budget divided by this.
+pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct Slot {
+    started: Secs,
+    addr: [u8; 16],
+    door: DoorId,
+    /// 0 = empty, 4 or 6 = address family of `addr`.
+    family: u8,
+    stage: u8,
+}
+
+impl Slot {
+    fn key(src: IpAddr) -> ([u8; 16], u8) {
+        match src {
+            IpAddr::V4(a) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&a.octets());
+                (b, 4)
+            }
+            IpAddr::V6(a) => (a.octets(), 6),
+        }
+    }
+
+    fn ip(&self) -> IpAddr {
+        if self.family == 4 {
+            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        } else {
+            IpAddr::from(self.addr)
+        }
+    }
+
+    fn attempt(&self) -> Knocking {
+        Knocking::at(self.stage, self.started)
+    }
+}
+
+/// What [`Tracker::insert`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored in a free slot.
+    Free,
+    /// Stored in place of a stage-1 attempt (counted as an eviction).
+    Evicted,
+    /// Not stored: every slot of the bucket holds a more advanced attempt.
+    Rejected,
+}
+
+/// Counters for metrics and the shutdown summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub evictions: u64,
+    pub rejected: u64,
+}
+
+/// Where a source's attempts live: computed once per packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    start: usize,
+    addr: [u8; 16],
+    family: u8,
+}
+
+/// A fixed-capacity, set-associative table of attempts.
+pub struct Tracker {
+    slots: Box<[Slot]>,
+    bucket_mask: usize,
+    hasher: ahash::RandomState,
+    len: usize,
+    stats: TrackerStats,
+}
+
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").field("capacity", &self.capacity()).field("len", &self.len).finish()
+    }
+}
+
+impl Tracker {
+    /// A table of at most `budget` bytes: the largest power-of-two number of buckets
+    /// that fits, and at least one bucket.
+    pub fn for_budget(budget: usize) -> Tracker {
+        let buckets = (budget / (SLOT_BYTES * WAYS)).max(1);
+        let buckets = 1usize << (usize::BITS - 1 - buckets.leading_zeros());
+        Tracker::with_buckets(buckets, ahash::RandomState::new())
+    }
+
+    /// A table of `buckets` buckets (a power of two) with the given hash key.
+    pub fn with_buckets(buckets: usize, hasher: ahash::RandomState) -> Tracker {
+        assert!(buckets.is_power_of_two(), "bucket count must be a power of two");
+        Tracker {
+            slots: vec![Slot::default(); buckets * WAYS].into_boxed_slice(),
+            bucket_mask: buckets - 1,
+            hasher,
+            len: 0,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes the table holds, fixed at construction.
+    pub fn memory_bytes(&self) -> usize {
+        self.slots.len() * SLOT_BYTES
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn stats(&self) -> TrackerStats {
+        self.stats
+    }
+
+    /// The bucket of `src`.
+    pub fn bucket(&self, src: IpAddr) -> Bucket {
+        let (addr, family) = Slot::key(src);
+        let h = self.hasher.hash_one(addr) as usize;
+        Bucket { start: (h & self.bucket_mask) * WAYS, addr, family }
+    }
+
+    fn ways(&self, b: &Bucket) -> std::ops::Range<usize> {
+        b.start..b.start + WAYS
+    }
+
+    fn find(&self, b: &Bucket, door: DoorId) -> Option<usize> {
+        self.ways(b).find(|&i| {
+            let s = &self.slots[i];
+            s.family == b.family && s.door == door && s.addr == b.addr
+        })
+    }
+
+    /// Removes and returns the attempt of (bucket's source, door).
+    pub fn take(&mut self, b: &Bucket, door: DoorId) -> Option<Knocking> {
+        let i = self.find(b, door)?;
+        let att = self.slots[i].attempt();
+        self.slots[i].family = 0;
+        self.len -= 1;
+        Some(att)
+    }
+
+    /// Whether (source, door) has an attempt.
+    pub fn get(&self, b: &Bucket, door: DoorId) -> Option<Knocking> {
+        self.find(b, door).map(|i| self.slots[i].attempt())
+    }
+
+    /// Stores an attempt for (bucket's source, door), which must not have one.
+    pub fn insert(&mut self, b: &Bucket, door: DoorId, att: Knocking) -> Inserted {
+        debug_assert!(self.find(b, door).is_none(), "insert over an existing attempt");
+        let new = Slot { started: att.started(), addr: b.addr, door, family: b.family, stage: att.stage() };
+        if let Some(i) = self.ways(b).find(|&i| self.slots[i].family == 0) {
+            self.slots[i] = new;
+            self.len += 1;
+            return Inserted::Free;
+        }
+        // Full: the least advanced, oldest attempt goes, but never for a less advanced one.
+        let victim = self
+            .ways(b)
+            .min_by_key(|&i| (self.slots[i].stage, self.slots[i].started))
+            .expect("a bucket has WAYS slots");
+        if self.slots[victim].stage > new.stage {
+            self.stats.rejected += 1;
+            return Inserted::Rejected;
+        }
+        self.slots[victim] = new;
+        self.stats.evictions += 1;
+        Inserted::Evicted
+    }
+
+    /// Visits every attempt; those for which `expired` returns true are removed.
+    pub fn sweep(&mut self, mut expired: impl FnMut(IpAddr, DoorId, Knocking) -> bool) {
+        for s in self.slots.iter_mut().filter(|s| s.family != 0) {
+            if expired(s.ip(), s.door, s.attempt()) {
+                s.family = 0;
+                self.len -= 1;
+            }
+        }
+    }
+
+    /// Removes every attempt at `door`.
+    pub fn forget_door(&mut self, door: DoorId) {
+        self.sweep(|_, d, _| d == door);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn key() -> ahash::RandomState {
+        ahash::RandomState::with_seeds(1, 2, 3, 4)
+    }
+
+    fn v4(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0xC612_0000 + n))
+    }
+
+    #[test]
+    fn slots_are_small_and_the_budget_is_respected() {
+        assert_eq!(SLOT_BYTES, 32);
+        for budget in [1 << 20, 64 << 20, 3_000_000] {
+            let t = Tracker::for_budget(budget);
+            assert!(t.memory_bytes() <= budget, "{budget}");
+            assert!(t.memory_bytes() > budget / 2, "{budget}: uses at least half the budget");
+        }
+        assert_eq!(Tracker::for_budget(0).capacity(), WAYS, "never zero buckets");
+    }
+
+    #[test]
+    fn insert_get_take() {
+        let mut t = Tracker::with_buckets(4, key());
+        let a = v4(1);
+        let b = t.bucket(a);
+        assert_eq!(t.insert(&b, 0, Knocking::at(1, 100)), Inserted::Free);
+        assert_eq!(t.insert(&b, 1, Knocking::at(2, 100)), Inserted::Free);
+        assert_eq!(t.get(&b, 0), Some(Knocking::at(1, 100)));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.take(&b, 1), Some(Knocking::at(2, 100)));
+        assert_eq!(t.take(&b, 1), None);
+        assert_eq!(t.len(), 1);
+        // The same address in the other family is another source.
+        let v6 = IpAddr::V6(Ipv6Addr::from([0xC6, 0x12, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(t.get(&t.bucket(v6), 0), None);
+    }
+
+    #[test]
+    fn a_flood_of_first_knocks_never_evicts_an_advanced_attempt() {
+        // One bucket only, so every source collides.
+        let mut t = Tracker::with_buckets(1, key());
+        let knocker = v4(7);
+        let kb = t.bucket(knocker);
+        t.insert(&kb, 0, Knocking::at(2, 10));
+        for n in 0..10_000 {
+            let b = t.bucket(v4(100 + n));
+            t.insert(&b, 0, Knocking::at(1, 10 + u64::from(n)));
+            assert!(t.len() <= t.capacity());
+        }
+        assert_eq!(t.get(&kb, 0), Some(Knocking::at(2, 10)), "the half-way knocker survived");
+        assert_eq!(t.len(), t.capacity(), "the table stays full, not larger");
+        assert_eq!(t.stats().evictions, 10_000 - (WAYS as u64 - 1));
+    }
+
+    #[test]
+    fn oldest_first_stage_goes_first() {
+        let mut t = Tracker::with_buckets(1, key());
+        for n in 0..WAYS as u32 {
+            let b = t.bucket(v4(n));
+            t.insert(&b, 0, Knocking::at(1, 100 + u64::from(n)));
+        }
+        let b = t.bucket(v4(1000));
+        assert_eq!(t.insert(&b, 0, Knocking::at(1, 200)), Inserted::Evicted);
+        assert_eq!(t.get(&t.bucket(v4(0)), 0), None, "the oldest went");
+        assert!(t.get(&t.bucket(v4(1)), 0).is_some(), "the next oldest stayed");
+    }
+
+    #[test]
+    fn a_bucket_of_advanced_attempts_rejects_new_ones() {
+        let mut t = Tracker::with_buckets(1, key());
+        for n in 0..WAYS as u32 {
+            let b = t.bucket(v4(n));
+            t.insert(&b, 0, Knocking::at(2, 100));
+        }
+        let b = t.bucket(v4(1000));
+        assert_eq!(t.insert(&b, 0, Knocking::at(1, 200)), Inserted::Rejected);
+        assert_eq!(t.stats().rejected, 1);
+        assert_eq!(t.len(), WAYS);
+    }
+
+    #[test]
+    fn sweep_removes_what_the_predicate_says() {
+        let mut t = Tracker::with_buckets(8, key());
+        for n in 0..20 {
+            let b = t.bucket(v4(n));
+            t.insert(&b, (n % 2) as DoorId, Knocking::at(1, u64::from(n)));
+        }
+        let mut seen = 0;
+        t.sweep(|ip, door, att| {
+            seen += 1;
+            assert_eq!(u64::from(door), att.started() % 2);
+            assert!(matches!(ip, IpAddr::V4(_)));
+            att.started() < 10
+        });
+        assert_eq!(seen, 20);
+        assert_eq!(t.len(), 10);
+        t.forget_door(1);
+        assert_eq!(t.len(), 5);
+    }
+
+    #[test]
+    fn different_keys_place_sources_differently() {
+        let a = Tracker::with_buckets(1024, ahash::RandomState::with_seeds(1, 2, 3, 4));
+        let b = Tracker::with_buckets(1024, ahash::RandomState::with_seeds(5, 6, 7, 8));
+        let same = (0..1000).filter(|&n| a.bucket(v4(n)).start == b.bucket(v4(n)).start).count();
+        assert!(same < 50, "{same} of 1000 sources share a bucket under both keys");
+    }
+}
