@@ -254,11 +254,26 @@ impl Program {
     }
 
     /// Runs the program over `packet` as the kernel's classic BPF interpreter would
-    /// over a linear frame starting at the MAC header, and returns its verdict (the
-    /// number of bytes to keep; 0 drops). A load outside the packet ends the program
-    /// with 0, as in the kernel; so do ancillary loads (negative offsets), which this
-    /// interpreter does not implement, division by zero and unknown opcodes.
+    /// as a socket filter ([`Hook::Socket`]): over a linear frame starting at the MAC
+    /// header. Returns its verdict (the number of bytes to keep; 0 drops). A load
+    /// outside the packet ends the program with 0, as in the kernel; so do ancillary
+    /// loads other than the protocol ([`skf`]), division by zero and unknown opcodes.
     pub fn run(&self, packet: &[u8]) -> u32 {
+        self.run_as(packet, Hook::Socket)
+    }
+
+    /// Runs the program over a received `frame` (as a ring captures it: from the MAC
+    /// header, the outer VLAN tag already taken out) the way `hook` hands it to the
+    /// program, and returns what it returns.
+    ///
+    /// Loads at [`skf::LL_OFF`] and [`skf::NET_OFF`] count from the MAC and network
+    /// headers, and the ancillary [`skf::AD_PROTOCOL`] is the frame's ethertype (bytes
+    /// 12..14, the inner tag's TPID if a tag is still in the frame), whatever the hook.
+    /// The frame is taken as linear: the kernel's LL/NET-relative loads only reach the
+    /// skb's linear part, and fail (the program returns 0) past it.
+    pub fn run_as(&self, frame: &[u8], hook: Hook) -> u32 {
+        let skb = Skb::new(frame, hook);
+        let packet = skb.data;
         let (mut a, mut x) = (0u32, 0u32);
         let mut mem = [0u32; 16];
         let mut pc = 0usize;
@@ -281,15 +296,15 @@ impl Program {
                             Some(&m) => m,
                             None => return 0,
                         },
-                        (op::ABS, false) => match load(packet, k, size) {
+                        (op::ABS, false) => match skb.load(k, size, true) {
                             Some(v) => v,
                             None => return 0,
                         },
-                        (op::IND, false) => match load(packet, x.wrapping_add(k), size) {
+                        (op::IND, false) => match skb.load(x.wrapping_add(k), size, false) {
                             Some(v) => v,
                             None => return 0,
                         },
-                        (op::MSH, true) => match load(packet, k, 1) {
+                        (op::MSH, true) => match skb.load(k, 1, false) {
                             Some(v) => (v & 0xf) << 2,
                             None => return 0,
                         },
@@ -359,15 +374,72 @@ impl Program {
     }
 }
 
-/// Big-endian load of `size` bytes at `off`; `None` outside the packet (or at a
-/// negative offset, which the kernel reserves for ancillary data).
-fn load(packet: &[u8], off: u32, size: usize) -> Option<u32> {
-    if off >= 0x8000_0000 {
-        return None;
+/// How the kernel hands a received frame to a classic BPF program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// A socket filter on a packet socket (`SO_ATTACH_FILTER`): `packet_rcv()` pushes
+    /// the link-layer header back first, so offsets count from the MAC header.
+    Socket,
+    /// A `PACKET_FANOUT_CBPF` program on receive: `packet_rcv_fanout()` runs it on the
+    /// skb as it came up the receive path, so offsets count from the network header,
+    /// i.e. after the 14-byte Ethernet header (the outer VLAN tag was taken out of the
+    /// frame before). With a second tag still in the frame, that is at the tag's TCI.
+    /// (Frames the host sends reach the group with the MAC header first instead.)
+    Fanout,
+}
+
+/// Negative load offsets the kernel gives a meaning (`linux/filter.h`).
+pub mod skf {
+    /// Ancillary data: `ld [AD_OFF + AD_...]`.
+    pub const AD_OFF: u32 = libc::SKF_AD_OFF as u32;
+    /// `ld [AD_OFF + AD_PROTOCOL]`: `skb->protocol` in host order.
+    pub const AD_PROTOCOL: u32 = libc::SKF_AD_PROTOCOL as u32;
+    /// Loads relative to the network header.
+    pub const NET_OFF: u32 = libc::SKF_NET_OFF as u32;
+    /// Loads relative to the link-layer (MAC) header.
+    pub const LL_OFF: u32 = libc::SKF_LL_OFF as u32;
+}
+
+/// What a program can load from: the bytes from where the hook starts them, the MAC
+/// and network headers on, and `skb->protocol`.
+struct Skb<'a> {
+    data: &'a [u8],
+    mac: &'a [u8],
+    net: &'a [u8],
+    protocol: u16,
+}
+
+impl<'a> Skb<'a> {
+    fn new(frame: &'a [u8], hook: Hook) -> Skb<'a> {
+        let net = frame.get(14..).unwrap_or(&[]);
+        let protocol = frame.get(12..14).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let data = match hook {
+            Hook::Socket => frame,
+            Hook::Fanout => net,
+        };
+        Skb { data, mac: frame, net, protocol }
     }
-    let start = off as usize;
-    let bytes = packet.get(start..start.checked_add(size)?)?;
-    Some(bytes.iter().fold(0u32, |v, &b| (v << 8) | u32::from(b)))
+
+    /// Big-endian load of `size` bytes at `off`: from the data at a non-negative
+    /// offset, from the MAC or network header in the `skf` ranges, ancillary data
+    /// (the protocol only) for `ld` with an absolute offset. `None` (the kernel ends
+    /// the program with 0) outside the bytes, or for other ancillary data.
+    fn load(&self, off: u32, size: usize, ancillary: bool) -> Option<u32> {
+        let (bytes, start) = if off < 0x8000_0000 {
+            (self.data, off)
+        } else if off >= skf::AD_OFF {
+            return (ancillary && off == skf::AD_OFF + skf::AD_PROTOCOL).then_some(u32::from(self.protocol));
+        } else if off >= skf::NET_OFF {
+            (self.net, off - skf::NET_OFF)
+        } else if off >= skf::LL_OFF {
+            (self.mac, off - skf::LL_OFF)
+        } else {
+            return None;
+        };
+        let start = start as usize;
+        let bytes = bytes.get(start..start.checked_add(size)?)?;
+        Some(bytes.iter().fold(0u32, |v, &b| (v << 8) | u32::from(b)))
+    }
 }
 
 /// IPv4 at L2 offset `base`: destination, fragment offset, then to `l4` with
@@ -915,5 +987,47 @@ mod tests {
         assert!(Program::from_insns(vec![Insn::stmt(op::JMP | op::JA, 1), Insn::stmt(op::RET, 0)]).is_err());
         assert_eq!(Program::accept_all().run(&[]), SNAP_LEN);
         assert_eq!(Program::reject_all().run(&[1, 2, 3]), 0);
+    }
+
+    #[test]
+    fn interpreter_hooks_and_negative_offsets() {
+        let frame = v4(V4::default());
+        let ld = |code: u16, k: u32| {
+            Program::from_insns(vec![Insn::stmt(code, k), Insn::stmt(op::RET | op::A, 0)])
+        };
+        let first = ld(op::LD | op::B | op::ABS, 0).unwrap();
+        // A socket filter sees the destination MAC first, a fanout program the IP header.
+        assert_eq!(first.run(&frame), 2);
+        assert_eq!(first.run_as(&frame, Hook::Socket), 2);
+        assert_eq!(first.run_as(&frame, Hook::Fanout), 0x45);
+        let len = ld(op::LD | op::W | op::LEN, 0).unwrap();
+        assert_eq!(len.run_as(&frame, Hook::Socket), frame.len() as u32);
+        assert_eq!(len.run_as(&frame, Hook::Fanout), frame.len() as u32 - 14);
+        // MAC- and network-relative loads do not depend on the hook.
+        for hook in [Hook::Socket, Hook::Fanout] {
+            let ethertype = ld(op::LD | op::H | op::ABS, skf::LL_OFF + 12).unwrap();
+            assert_eq!(ethertype.run_as(&frame, hook), 0x0800);
+            let src = ld(op::LD | op::W | op::ABS, skf::NET_OFF + 12).unwrap();
+            assert_eq!(src.run_as(&frame, hook), u32::from(CLIENT4));
+            let proto = ld(op::LD | op::H | op::ABS, skf::AD_OFF + skf::AD_PROTOCOL).unwrap();
+            assert_eq!(proto.run_as(&frame, hook), 0x0800);
+            assert_eq!(proto.run_as(&v6(SERVER6, 6, 7000, false), hook), 0x86dd);
+            // An in-frame tag: the protocol is its TPID.
+            assert_eq!(proto.run_as(&v4(V4 { vlan: Some(7), ..V4::default() }), hook), 0x8100);
+            // Other ancillary data, and a protocol load through X, end the program.
+            let ifindex = ld(op::LD | op::W | op::ABS, skf::AD_OFF + 8).unwrap();
+            assert_eq!(ifindex.run_as(&frame, hook), 0);
+            let ind = ld(op::LD | op::H | op::IND, skf::AD_OFF).unwrap();
+            assert_eq!(ind.run_as(&frame, hook), 0);
+            // Past the end of the MAC view.
+            let far = ld(op::LD | op::B | op::ABS, skf::LL_OFF + frame.len() as u32).unwrap();
+            assert_eq!(far.run_as(&frame, hook), 0);
+        }
+        // Below the link-layer range: nothing.
+        assert_eq!(ld(op::LD | op::B | op::ABS, skf::LL_OFF - 1).unwrap().run(&frame), 0);
+        // A runt: no network header, no protocol.
+        let proto = ld(op::LD | op::H | op::ABS, skf::AD_OFF + skf::AD_PROTOCOL).unwrap();
+        assert_eq!(proto.run_as(&frame[..10], Hook::Fanout), 0);
+        assert_eq!(first.run_as(&frame[..14], Hook::Fanout), 0);
     }
 }

@@ -9,6 +9,8 @@
 //!   knocks, plus a small interpreter so the programs are tested without root.
 //! - [`wire`]: typed zero-copy views over Ethernet, IPv4, IPv6, TCP and UDP headers.
 //! - [`frame`]: a whole frame to a [`Knock`] summary, or a counted reason to skip it.
+//! - [`tx`], [`craft`]: a TX ring and frame builder for the load generator.
+//! - [`fanout`]: the PACKET_FANOUT program that sends each source to one worker.
 #![deny(unsafe_code)]
 
 pub mod craft;
@@ -24,4 +26,9 @@ pub mod tx;
 pub mod wire;
 
 pub use error::CaptureError;
+
+/// CPU and memory hints for the packet path.
+pub mod hint {
+    pub use crate::sys::{advise_huge_pages, prefetch};
+}
 pub use frame::{parse_frame, FrameError, Knock, Proto};

@@ -364,3 +364,350 @@ pub(crate) fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
     unsafe { libc::freeifaddrs(head) };
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------------
+// TX: a TPACKET_V2 `PACKET_TX_RING`, the kick that makes the kernel send it, and the
+// interface MTU the kernel checks frames against.
+
+/// `TPACKET_V2` from `enum tpacket_versions`.
+pub(crate) const TPACKET_V2: libc::c_int = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+
+/// Where the frame starts in a TPACKET_V2 TX slot: `tpacket_parse_header()` takes the
+/// data at `tp_hdrlen - sizeof(struct sockaddr_ll)` = `TPACKET2_HDRLEN - 20` = 32 bytes
+/// (the aligned `tpacket2_hdr`) unless `PACKET_TX_HAS_OFF` is set, which it never is here.
+pub(crate) const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - mem::size_of::<libc::sockaddr_ll>();
+
+/// Byte offset of `tp_len` in `struct tpacket2_hdr` (`tp_status` is at 0).
+const TX_LEN_OFFSET: usize = 4;
+
+/// Slot states in which the kernel owns a TX slot: user space may neither write it nor
+/// count it as done.
+const TX_KERNEL_OWNED: u32 = libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING;
+
+impl PacketSocket {
+    /// `PACKET_TX_RING` with a TPACKET_V1/V2 request (`PACKET_VERSION` set before).
+    pub(crate) fn set_tx_ring(&self, req: &libc::tpacket_req) -> io::Result<()> {
+        self.setsockopt(libc::SOL_PACKET, libc::PACKET_TX_RING, req)
+    }
+
+    /// Maps the TX ring set up by [`PacketSocket::set_tx_ring`], which must be the only
+    /// ring of the socket and laid out as `frame_count` slots of `frame_size` bytes back
+    /// to back (each block a whole number of frames, so no gap between blocks).
+    pub(crate) fn map_tx_ring(&self, frame_size: usize, frame_count: usize) -> io::Result<TxMap> {
+        // Status and length words must be 4-aligned in every slot, and a slot must hold
+        // its header.
+        if frame_size & 15 != 0 || frame_size <= TX_DATA_OFFSET {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad TX frame size"));
+        }
+        let len = frame_size
+            .checked_mul(frame_count)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "ring size overflows"))?;
+        // SAFETY: a fresh mapping (addr = NULL) never aliases existing Rust memory; the
+        // fd is a live packet socket whose only ring is a TX ring of exactly `len` bytes
+        // (packet_mmap() maps the RX ring then the TX ring and rejects any other size).
+        // No MAP_LOCKED, for the reasons given in map_ring().
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                self.fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(TxMap { ptr, len, frame_size, frame_count })
+    }
+
+    /// `send(fd, NULL, 0, flags)`: on a socket with a TX ring this makes the kernel
+    /// (`tpacket_snd()`) send every slot marked `TP_STATUS_SEND_REQUEST`, in ring order
+    /// from its own head, until the first slot that is not. Returns the bytes it sent.
+    /// With `dontwait` it neither blocks for socket buffer space nor waits for the sent
+    /// frames to complete.
+    pub(crate) fn send_ring(&self, dontwait: bool) -> io::Result<usize> {
+        let flags = if dontwait { libc::MSG_DONTWAIT } else { 0 };
+        // SAFETY: a NULL buffer of length 0 is never dereferenced (the kernel builds an
+        // empty iov_iter); with a TX ring, tpacket_snd() reads the frames from the ring,
+        // not from the message.
+        let rc = unsafe { libc::send(self.fd.as_raw_fd(), ptr::null(), 0, flags) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(rc as usize)
+    }
+
+    /// `poll(2)` on this socket for `events`; returns the `revents` the kernel reported
+    /// (0 on timeout). `EINTR` is an `Err` of kind `Interrupted`.
+    pub(crate) fn poll_events(
+        &self,
+        events: libc::c_short,
+        timeout_ms: libc::c_int,
+    ) -> io::Result<libc::c_short> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };
+        // SAFETY: one valid, live pollfd is passed with nfds = 1; the kernel writes only
+        // its `revents` field.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pfd.revents)
+    }
+
+    /// `getsockopt(SO_ERROR)`: takes (and clears) the socket's pending error, e.g. the
+    /// `ENETDOWN` a packet socket gets when its interface goes down.
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live locals; the kernel writes at most `len` (4)
+        // bytes into `err`, an int for which every bit pattern is valid.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+    }
+
+    /// The MTU of interface `ifname` (`SIOCGIFMTU`), in this socket's network namespace.
+    pub(crate) fn mtu(&self, ifname: &str) -> io::Result<u32> {
+        let name = ifname.as_bytes();
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        }
+        // SAFETY: ifreq is plain old data (a byte array and a union of integers, arrays,
+        // sockaddrs and a pointer), for which all-zero bytes are a valid value.
+        let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+        for (dst, &src) in ifr.ifr_name.iter_mut().zip(name) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: `ifr` is a live ifreq whose name is NUL-terminated (the name is
+        // shorter than IFNAMSIZ and the rest is zero); SIOCGIFMTU reads the name and
+        // writes only `ifr_ifru.ifru_mtu` inside it (dev_ifsioc_locked).
+        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success the kernel stored the MTU in `ifru_mtu`; every bit pattern
+        // is a valid c_int, and the union was zero-initialised anyway.
+        let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+        u32::try_from(mtu).map_err(|_| io::Error::other("negative MTU"))
+    }
+}
+
+/// The mmap'ed TPACKET_V2 TX ring: `frame_count` slots of `frame_size` bytes, back to
+/// back. Each slot starts with a `tpacket2_hdr` (status word at 0, `tp_len` at 4) and
+/// carries its frame from [`TX_DATA_OFFSET`].
+///
+/// Ownership of a slot follows its status word: `TP_STATUS_AVAILABLE` (or
+/// `TP_STATUS_WRONG_FORMAT`, a frame the kernel refused) is ours; after we store
+/// `TP_STATUS_SEND_REQUEST` the kernel may take it (`TP_STATUS_SENDING`) and
+/// hands it back by storing `TP_STATUS_AVAILABLE` once the frame's skb is freed
+/// (tpacket_destruct_skb). On a TX slot the kernel writes nothing but that status word:
+/// the frame pages are only read (and referenced by the skb, zero-copy), `tp_len` only
+/// read, and the timestamp fields are written only with `PACKET_TIMESTAMP`, which is
+/// never set on our sockets.
+///
+/// Invariants: `ptr` is the start of a live `MAP_SHARED` mapping of `len = frame_size *
+/// frame_count` bytes (page aligned; `frame_size` is a multiple of 16, so every status
+/// and length word is 4-aligned), unmapped only in `Drop`. Slices handed out by
+/// [`TxMap::frame_mut`] borrow `self` mutably, so none outlives a status change we make.
+#[derive(Debug)]
+pub(crate) struct TxMap {
+    ptr: NonNull<u8>,
+    len: usize,
+    frame_size: usize,
+    frame_count: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, not tied to the thread that created it;
+// moving the owner moves the only handle that can unmap it.
+unsafe impl Send for TxMap {}
+// SAFETY: `&self` methods only load status words atomically; every write needs `&mut self`.
+unsafe impl Sync for TxMap {}
+
+impl TxMap {
+    pub(crate) fn frame_count(&self) -> usize {
+        self.frame_count
+    }
+
+    /// Bytes of frame a slot holds: `frame_size - TX_DATA_OFFSET`.
+    pub(crate) fn data_len(&self) -> usize {
+        self.frame_size - TX_DATA_OFFSET
+    }
+
+    /// The 32-bit header word at byte `off` (0: status, 4: length) of slot `index`
+    /// (`index < frame_count`, else panics).
+    fn word(&self, index: usize, off: usize) -> &AtomicU32 {
+        assert!(index < self.frame_count, "TX slot {index} out of range");
+        let at = index * self.frame_size + off;
+        debug_assert!(at + 4 <= self.len && off + 4 <= TX_DATA_OFFSET);
+        // SAFETY: `at + 4 <= len` (index < frame_count and off + 4 <= TX_DATA_OFFSET <
+        // frame_size), so the pointer lies inside the live mapping for as long as `&self`;
+        // slots start at multiples of frame_size (a multiple of 16) from a page-aligned
+        // base and `off` is 0 or 4, so it is 4-aligned as AtomicU32 requires. The kernel
+        // accesses these words only as whole 32-bit values (READ_ONCE/WRITE_ONCE of
+        // tp_status in __packet_get_status/__packet_set_status, a plain load of tp_len),
+        // never partially, so treating them as atomics is sound.
+        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(at).cast::<u32>()) }
+    }
+
+    /// Status of slot `index`, loaded with Acquire ordering: pairs with the kernel's
+    /// WRITE_ONCE of TP_STATUS_AVAILABLE in tpacket_destruct_skb(), which follows the
+    /// skb's last use of the slot's pages (its release is ordered by the skb refcount
+    /// drop), so after we see AVAILABLE nothing in the kernel reads the slot any more.
+    pub(crate) fn status(&self, index: usize) -> u32 {
+        self.word(index, 0).load(Ordering::Acquire)
+    }
+
+    /// Whether we own slot `index` (not requested, not being sent).
+    pub(crate) fn is_user_owned(&self, index: usize) -> bool {
+        self.status(index) & TX_KERNEL_OWNED == 0
+    }
+
+    /// The frame area of slot `index`, if we own it.
+    pub(crate) fn frame_mut(&mut self, index: usize) -> Option<&mut [u8]> {
+        if !self.is_user_owned(index) {
+            return None;
+        }
+        let start = index * self.frame_size + TX_DATA_OFFSET;
+        // SAFETY: the area [start, start + data_len) lies inside the mapping (index <
+        // frame_count was checked by status()) and after the slot's header words, so it
+        // overlaps no AtomicU32 we hand out. We own the slot (status neither
+        // SEND_REQUEST nor SENDING, loaded with Acquire), and the kernel never writes a
+        // TX frame area; it reads it only after we store SEND_REQUEST, which needs
+        // `&mut self` and so cannot happen while this slice (which borrows `self`
+        // mutably) is alive. No other slice into the mapping is alive either.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), self.data_len()) })
+    }
+
+    /// Hands slot `index`, holding a frame of `len` bytes, to the kernel: stores
+    /// `tp_len`, then `TP_STATUS_SEND_REQUEST` with Release ordering, so the frame and
+    /// its length are visible before the status that lets the kernel read them (it reads
+    /// status first, in tpacket_snd() -> packet_current_frame(), and the header and
+    /// frame after; the send() that sets it going comes after this store anyway).
+    /// Returns false (and does nothing) if we do not own the slot or `len`
+    /// does not fit in it.
+    pub(crate) fn submit(&mut self, index: usize, len: usize) -> bool {
+        if !self.is_user_owned(index) || len > self.data_len() {
+            return false;
+        }
+        self.word(index, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
+        self.word(index, 0).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+        true
+    }
+
+    /// Takes back slot `index` from `TP_STATUS_SEND_REQUEST` (CAS to AVAILABLE).
+    ///
+    /// Only meaningful while the kernel cannot be sending from this ring: it takes
+    /// requested slots only inside tpacket_snd(), i.e. inside a send() on this socket,
+    /// and stops for good at a slot it marked `TP_STATUS_WRONG_FORMAT` (its head stays
+    /// there, and it only proceeds once that very slot is requested again). The caller
+    /// makes sure of that; memory safety does not depend on it (the kernel only reads
+    /// frame areas).
+    pub(crate) fn withdraw(&mut self, index: usize) -> bool {
+        self.word(index, 0)
+            .compare_exchange(
+                libc::TP_STATUS_SEND_REQUEST,
+                libc::TP_STATUS_AVAILABLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Marks a slot we own `TP_STATUS_AVAILABLE` again (after `WRONG_FORMAT`).
+    pub(crate) fn release(&mut self, index: usize) -> bool {
+        if !self.is_user_owned(index) {
+            return false;
+        }
+        self.word(index, 0).store(libc::TP_STATUS_AVAILABLE, Ordering::Release);
+        true
+    }
+
+    /// Copies the frame (and `tp_len`) of slot `from` into slot `to`, both ours and
+    /// distinct. Returns false (nothing copied) otherwise.
+    pub(crate) fn copy_frame(&mut self, from: usize, to: usize) -> bool {
+        if from == to || !self.is_user_owned(from) || !self.is_user_owned(to) {
+            return false;
+        }
+        let len = (self.word(from, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize).min(self.data_len());
+        let src = from * self.frame_size + TX_DATA_OFFSET;
+        let dst = to * self.frame_size + TX_DATA_OFFSET;
+        // SAFETY: both areas lie inside the mapping (indices checked by status()), are
+        // `len <= data_len` bytes long and do not overlap (distinct slots, each area
+        // inside its own slot). Both slots are ours (see frame_mut), so the kernel
+        // neither writes nor reads them now, and no slice into the mapping is alive
+        // (they all borrow `self` mutably).
+        unsafe {
+            ptr::copy_nonoverlapping(self.ptr.as_ptr().add(src), self.ptr.as_ptr().add(dst), len);
+        }
+        self.word(to, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
+        true
+    }
+
+    /// The `tp_len` of slot `index`, as we last stored it.
+    pub(crate) fn frame_len(&self, index: usize) -> usize {
+        self.word(index, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize
+    }
+}
+
+impl Drop for TxMap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly the mapping created in map_tx_ring(), unmapped
+        // only here; every slice into it borrowed `self`, so none is alive any more.
+        // Frames still in flight keep their own page references (tpacket_fill_skb()
+        // takes one per page), so unmapping does not pull pages from under the kernel.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Asks the CPU to start loading the cache line that holds `value`, without waiting
+/// for it. A hint only: it changes no state a program can observe, and on targets
+/// without a prefetch instruction it does nothing.
+#[inline(always)]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 never faults, reads nothing into registers and writes nothing;
+    // the address comes from a live reference in any case. `_mm_prefetch` needs SSE,
+    // which every x86_64 CPU has (it is part of the x86_64 baseline).
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast::<i8>(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
+/// Asks the kernel to back `region` with transparent huge pages (MADV_HUGEPAGE), so
+/// that a large table touched at random costs one TLB entry per 2 MiB instead of
+/// per 4 KiB. Best effort: kernels without THP, or with it disabled, just say no.
+/// Call it before the region is first written, so the pages are born huge.
+pub fn advise_huge_pages<T>(region: &mut [std::mem::MaybeUninit<T>]) -> bool {
+    const HUGE: usize = 2 << 20;
+    let start = region.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(region);
+    // madvise wants page-aligned bounds; only whole huge pages can be huge anyway.
+    let (from, to) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+    if from >= to {
+        return false;
+    }
+    // SAFETY: [from, to) lies inside `region`, which we borrow mutably, so it is mapped
+    // memory owned by the caller. MADV_HUGEPAGE changes only how the kernel backs the
+    // range (the same bytes, in larger pages); it never unmaps or alters contents.
+    unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) == 0 }
+}

@@ -11,9 +11,9 @@
 //! threads and log lines to the log thread, so neither a slow command nor a slow
 //! disk holds up capture. The main thread only waits for signals and reports.
 
-use crate::config::{Config, Tuning, DEFAULT_INTERFACE, DEFAULT_PID_FILE};
+use crate::config::{Config, ConfigError, Problem, Tuning, DEFAULT_INTERFACE, DEFAULT_PID_FILE};
 use crate::log::{self, Destinations, Log, LogItem};
-use crate::matcher::{Doors, Event, Matcher, Secs, Sink};
+use crate::matcher::{Doors, Event, Matcher, Secs, Sink, BATCH};
 use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, Sender};
 use sesame_capture::filter::Program;
@@ -70,15 +70,36 @@ struct Sizing {
 }
 
 impl Sizing {
-    fn new(t: &Tuning, s: &Settings) -> Sizing {
+    /// Splits the memory budget: the rings first (their size is fixed by the kernel
+    /// interface), the rest to the workers' attempt tables, so that the whole budget
+    /// is what the daemon's data can take.
+    fn new(t: &Tuning, s: &Settings) -> anyhow::Result<Sizing> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = s.workers.or(t.workers).map_or(cores, |w| w as usize).max(1);
         let memory = u64::from(s.memory_mib.unwrap_or(t.memory_mib)) << 20;
+        let rings = workers as u64 * u64::from(t.ring_block_size) * u64::from(t.ring_block_count);
+        // Each worker's table needs at least a little room to be of any use.
+        let minimum = rings + workers as u64 * (64 << 10);
+        if memory < minimum {
+            // A configuration mistake (exit status 2), though it may come from the flags.
+            return Err(ConfigError {
+                file: s.config.clone(),
+                line: 0,
+                problem: Problem::Other(format!(
+                    "memory budget of {} MiB is too small: {} workers' capture rings take {} MiB; \
+                     raise memory_mib (--memory-mib) or lower workers, ring_block_size or ring_block_count",
+                    memory >> 20,
+                    workers,
+                    rings >> 20
+                )),
+            }
+            .into());
+        }
         let log_rate = match t.log_lines_per_second {
             0 => 0,
             n => (n / workers as u32).max(1),
         };
-        Sizing { workers, budget: (memory / workers as u64) as usize, log_rate }
+        Ok(Sizing { workers, budget: ((memory - rings) / workers as u64) as usize, log_rate })
     }
 }
 
@@ -94,7 +115,7 @@ struct Prepared {
 
 fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
     let config = Config::load(&s.config)?;
-    let sizing = Sizing::new(&config.tuning, s);
+    let sizing = Sizing::new(&config.tuning, s)?;
     let interface = s
         .interface
         .clone()
@@ -195,6 +216,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
                 log: log.clone(),
                 executor: executor.handle(),
                 limiter: Limiter::new(sizing.log_rate),
+                now: now_secs(),
             },
             ring,
             control: rx,
@@ -383,6 +405,8 @@ struct WorkerSink {
     log: Log,
     executor: ExecutorHandle,
     limiter: Limiter,
+    /// The current second, set by the worker once per block rather than read per event.
+    now: Secs,
 }
 
 impl Sink for WorkerSink {
@@ -402,7 +426,7 @@ impl Sink for WorkerSink {
                 });
             }
             Event::Stage { .. } | Event::Timeout { .. } => {
-                if self.limiter.allow(now_secs()) {
+                if self.limiter.allow(self.now) {
                     self.log.offer(LogItem::Event(event));
                 }
             }
@@ -426,6 +450,7 @@ impl Worker {
     fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
         let mut generation = self.matcher.generation();
         let mut stats = RingStats::default();
+        let mut batch = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
             if let Ok(Control::Reload { config, doors, local }) = self.control.try_recv() {
                 let matcher = Matcher::new(doors, local, self.budget);
@@ -440,20 +465,36 @@ impl Worker {
             let wait = Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
                 + Duration::from_millis(2);
             if let Some(block) = self.ring.next_block(wait.min(Duration::from_millis(250)))? {
-                for frame in block.packets() {
-                    match parse_frame(frame.data) {
-                        Ok(knock) => {
-                            if self.debug {
-                                debug_knock(&knock);
+                self.sink.now = now_secs();
+                let mut frames = block.packets();
+                loop {
+                    // Parse a batch, then match it: the matcher overlaps the batch's
+                    // table lookups (see `Matcher::on_knocks`).
+                    batch.clear();
+                    let mut taken = 0;
+                    for frame in frames.by_ref().take(BATCH) {
+                        taken += 1;
+                        match parse_frame(frame.data) {
+                            Ok(knock) => {
+                                if self.debug {
+                                    debug_knock(&knock);
+                                }
+                                batch.push((knock, Secs::from(frame.ts_sec)));
                             }
-                            self.matcher.on_knock(&knock, Secs::from(frame.ts_sec), &mut self.sink);
+                            Err(e) if self.debug => {
+                                println!("skipping frame of {} bytes: {e}", frame.data.len())
+                            }
+                            Err(_) => {}
                         }
-                        Err(e) if self.debug => println!("skipping frame of {} bytes: {e}", frame.data.len()),
-                        Err(_) => {}
                     }
+                    if taken == 0 {
+                        break;
+                    }
+                    self.matcher.on_knocks(&batch, &mut self.sink);
                 }
             }
-            self.matcher.expire(now_secs(), &mut self.sink);
+            self.sink.now = now_secs();
+            self.matcher.expire(self.sink.now, &mut self.sink);
             if self.matcher.generation() != generation {
                 // A one-time door moved to its next sequence (or was disabled).
                 generation = self.matcher.generation();

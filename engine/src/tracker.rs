@@ -15,47 +15,30 @@
 use crate::matcher::{DoorId, Knocking, Secs};
 use std::net::IpAddr;
 
-/// Slots per bucket: one bucket is four 64-byte cache lines.
-pub const WAYS: usize = 8;
+/// Slots per bucket.
+pub const WAYS: usize = 5;
 
-/// Bytes one slot takes; capacity is the memory budget divided by this.
-pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
-
+/// One bucket: two adjacent cache lines (128-byte aligned, so they are fetched as a
+/// pair) holding five attempts. A lookup compares fingerprints and doors first and a
+/// key only where both match.
 #[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-struct Slot {
-    started: Secs,
-    addr: [u8; 16],
-    door: DoorId,
-    /// 0 = empty, 4 or 6 = address family of `addr`.
-    family: u8,
-    stage: u8,
+#[repr(C, align(128))]
+struct Set {
+    /// Hash fingerprint of the source; 0 = empty slot.
+    fp: [u8; WAYS],
+    /// Stage, with bit 7 set for an IPv6 source.
+    stage: [u8; WAYS],
+    door: [DoorId; WAYS],
+    /// Second of the first knock (u32 seconds last until 2106).
+    started: [u32; WAYS],
+    /// Source addresses (IPv4 in the first four bytes).
+    key: [[u8; 16]; WAYS],
 }
 
-impl Slot {
-    fn key(src: IpAddr) -> ([u8; 16], u8) {
-        match src {
-            IpAddr::V4(a) => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&a.octets());
-                (b, 4)
-            }
-            IpAddr::V6(a) => (a.octets(), 6),
-        }
-    }
+/// Bytes one bucket takes.
+pub const BUCKET_BYTES: usize = std::mem::size_of::<Set>();
 
-    fn ip(&self) -> IpAddr {
-        if self.family == 4 {
-            IpAddr::from([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
-        } else {
-            IpAddr::from(self.addr)
-        }
-    }
-
-    fn attempt(&self) -> Knocking {
-        Knocking::at(self.stage, self.started)
-    }
-}
+const V6: u8 = 0x80;
 
 /// What [`Tracker::insert`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,18 +61,28 @@ pub struct TrackerStats {
 /// Where a source's attempts live: computed once per packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bucket {
-    start: usize,
-    addr: [u8; 16],
+    index: usize,
+    key: [u8; 16],
+    fp: u8,
     family: u8,
 }
 
 /// A fixed-capacity, set-associative table of attempts.
 pub struct Tracker {
-    slots: Box<[Slot]>,
+    sets: Box<[Set]>,
     bucket_mask: usize,
     hasher: ahash::RandomState,
     len: usize,
     stats: TrackerStats,
+}
+
+/// The table's one allocation, in huge pages where the kernel allows: lookups land
+/// at random across it, and with 4 KiB pages nearly every one would also miss the TLB.
+fn allocate(buckets: usize) -> Box<[Set]> {
+    let mut sets = Vec::with_capacity(buckets);
+    sesame_capture::hint::advise_huge_pages(sets.spare_capacity_mut());
+    sets.resize(buckets, Set::default());
+    sets.into_boxed_slice()
 }
 
 impl std::fmt::Debug for Tracker {
@@ -102,7 +95,7 @@ impl Tracker {
     /// A table of at most `budget` bytes: the largest power-of-two number of buckets
     /// that fits, and at least one bucket.
     pub fn for_budget(budget: usize) -> Tracker {
-        let buckets = (budget / (SLOT_BYTES * WAYS)).max(1);
+        let buckets = (budget / BUCKET_BYTES).max(1);
         let buckets = 1usize << (usize::BITS - 1 - buckets.leading_zeros());
         Tracker::with_buckets(buckets, ahash::RandomState::new())
     }
@@ -111,7 +104,7 @@ impl Tracker {
     pub fn with_buckets(buckets: usize, hasher: ahash::RandomState) -> Tracker {
         assert!(buckets.is_power_of_two(), "bucket count must be a power of two");
         Tracker {
-            slots: vec![Slot::default(); buckets * WAYS].into_boxed_slice(),
+            sets: allocate(buckets),
             bucket_mask: buckets - 1,
             hasher,
             len: 0,
@@ -120,12 +113,12 @@ impl Tracker {
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.sets.len() * WAYS
     }
 
     /// Bytes the table holds, fixed at construction.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * SLOT_BYTES
+        self.sets.len() * BUCKET_BYTES
     }
 
     pub fn len(&self) -> usize {
@@ -142,65 +135,101 @@ impl Tracker {
 
     /// The bucket of `src`.
     pub fn bucket(&self, src: IpAddr) -> Bucket {
-        let (addr, family) = Slot::key(src);
-        let h = self.hasher.hash_one(addr) as usize;
-        Bucket { start: (h & self.bucket_mask) * WAYS, addr, family }
+        let (key, family) = match src {
+            IpAddr::V4(a) => {
+                let mut k = [0u8; 16];
+                k[..4].copy_from_slice(&a.octets());
+                (k, 0)
+            }
+            IpAddr::V6(a) => (a.octets(), V6),
+        };
+        let h = self.hasher.hash_one((key, family));
+        let fp = ((h >> 56) as u8).max(1);
+        Bucket { index: (h as usize) & self.bucket_mask, key, fp, family }
     }
 
-    fn ways(&self, b: &Bucket) -> std::ops::Range<usize> {
-        b.start..b.start + WAYS
+    /// Starts loading the bucket's two lines into the cache, so a batch of packets
+    /// waits for its cache misses together rather than one after the other.
+    pub fn prefetch(&self, b: &Bucket) {
+        let set = &self.sets[b.index];
+        sesame_capture::hint::prefetch(set);
+        sesame_capture::hint::prefetch(&set.key[WAYS - 1]);
     }
 
     fn find(&self, b: &Bucket, door: DoorId) -> Option<usize> {
-        self.ways(b).find(|&i| {
-            let s = &self.slots[i];
-            s.family == b.family && s.door == door && s.addr == b.addr
+        let m = &self.sets[b.index];
+        (0..WAYS).find(|&w| {
+            m.fp[w] == b.fp && m.door[w] == door && m.stage[w] & V6 == b.family && m.key[w] == b.key
         })
+    }
+
+    fn attempt(&self, b: &Bucket, w: usize) -> Knocking {
+        let m = &self.sets[b.index];
+        Knocking::at(m.stage[w] & !V6, Secs::from(m.started[w]))
     }
 
     /// Removes and returns the attempt of (bucket's source, door).
     pub fn take(&mut self, b: &Bucket, door: DoorId) -> Option<Knocking> {
-        let i = self.find(b, door)?;
-        let att = self.slots[i].attempt();
-        self.slots[i].family = 0;
+        let w = self.find(b, door)?;
+        let att = self.attempt(b, w);
+        self.sets[b.index].fp[w] = 0;
         self.len -= 1;
         Some(att)
     }
 
-    /// Whether (source, door) has an attempt.
+    /// The attempt of (source, door), if any.
     pub fn get(&self, b: &Bucket, door: DoorId) -> Option<Knocking> {
-        self.find(b, door).map(|i| self.slots[i].attempt())
+        self.find(b, door).map(|w| self.attempt(b, w))
     }
 
     /// Stores an attempt for (bucket's source, door), which must not have one.
     pub fn insert(&mut self, b: &Bucket, door: DoorId, att: Knocking) -> Inserted {
         debug_assert!(self.find(b, door).is_none(), "insert over an existing attempt");
-        let new = Slot { started: att.started(), addr: b.addr, door, family: b.family, stage: att.stage() };
-        if let Some(i) = self.ways(b).find(|&i| self.slots[i].family == 0) {
-            self.slots[i] = new;
+        let m = &self.sets[b.index];
+        let (w, outcome) = match m.fp.iter().position(|&fp| fp == 0) {
+            Some(w) => (w, Inserted::Free),
+            None => {
+                // Full: the least advanced, oldest attempt goes, but never for a less
+                // advanced one.
+                let w = (0..WAYS).min_by_key(|&w| (m.stage[w] & !V6, m.started[w])).expect("WAYS > 0");
+                if m.stage[w] & !V6 > att.stage() {
+                    self.stats.rejected += 1;
+                    return Inserted::Rejected;
+                }
+                self.stats.evictions += 1;
+                (w, Inserted::Evicted)
+            }
+        };
+        let m = &mut self.sets[b.index];
+        m.fp[w] = b.fp;
+        m.stage[w] = att.stage() | b.family;
+        m.door[w] = door;
+        m.started[w] = att.started().min(u64::from(u32::MAX)) as u32;
+        m.key[w] = b.key;
+        if outcome == Inserted::Free {
             self.len += 1;
-            return Inserted::Free;
         }
-        // Full: the least advanced, oldest attempt goes, but never for a less advanced one.
-        let victim = self
-            .ways(b)
-            .min_by_key(|&i| (self.slots[i].stage, self.slots[i].started))
-            .expect("a bucket has WAYS slots");
-        if self.slots[victim].stage > new.stage {
-            self.stats.rejected += 1;
-            return Inserted::Rejected;
-        }
-        self.slots[victim] = new;
-        self.stats.evictions += 1;
-        Inserted::Evicted
+        outcome
     }
 
     /// Visits every attempt; those for which `expired` returns true are removed.
     pub fn sweep(&mut self, mut expired: impl FnMut(IpAddr, DoorId, Knocking) -> bool) {
-        for s in self.slots.iter_mut().filter(|s| s.family != 0) {
-            if expired(s.ip(), s.door, s.attempt()) {
-                s.family = 0;
-                self.len -= 1;
+        for m in self.sets.iter_mut() {
+            for w in 0..WAYS {
+                if m.fp[w] == 0 {
+                    continue;
+                }
+                let key = m.key[w];
+                let ip = if m.stage[w] & V6 != 0 {
+                    IpAddr::from(key)
+                } else {
+                    IpAddr::from([key[0], key[1], key[2], key[3]])
+                };
+                let att = Knocking::at(m.stage[w] & !V6, Secs::from(m.started[w]));
+                if expired(ip, m.door[w], att) {
+                    m.fp[w] = 0;
+                    self.len -= 1;
+                }
             }
         }
     }
@@ -226,7 +255,7 @@ mod tests {
 
     #[test]
     fn slots_are_small_and_the_budget_is_respected() {
-        assert_eq!(SLOT_BYTES, 32);
+        assert_eq!(BUCKET_BYTES, 128, "two cache lines");
         for budget in [1 << 20, 64 << 20, 3_000_000] {
             let t = Tracker::for_budget(budget);
             assert!(t.memory_bytes() <= budget, "{budget}");
@@ -319,7 +348,7 @@ mod tests {
     fn different_keys_place_sources_differently() {
         let a = Tracker::with_buckets(1024, ahash::RandomState::with_seeds(1, 2, 3, 4));
         let b = Tracker::with_buckets(1024, ahash::RandomState::with_seeds(5, 6, 7, 8));
-        let same = (0..1000).filter(|&n| a.bucket(v4(n)).start == b.bucket(v4(n)).start).count();
+        let same = (0..1000).filter(|&n| a.bucket(v4(n)).index == b.bucket(v4(n)).index).count();
         assert!(same < 50, "{same} of 1000 sources share a bucket under both keys");
     }
 }

@@ -63,6 +63,11 @@ fn sesamed_exit_codes_for_missing_config_interface_and_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nosuchif0"), "{}", stderr(&out));
 
+    // Two workers' rings alone take 16 MiB.
+    let out = run(SESAMED, &["-c", &fixture("ufw.conf"), "-i", "lo", "--workers", "2", "--memory-mib", "8"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("memory budget of 8 MiB is too small"), "{}", stderr(&out));
+
     let out = run(SESAMED, &["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
 

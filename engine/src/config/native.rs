@@ -70,12 +70,12 @@ pub fn to_toml(config: &Config) -> String {
             interface: opts.interface.as_deref(),
         },
         door: config.doors.iter().map(door_out).collect(),
-        capture: (config.tuning != Tuning::default()).then(|| CaptureOut {
+        capture: (config.tuning != Tuning::default()).then_some(CaptureOut {
             workers: config.tuning.workers,
             ring_block_size: config.tuning.ring_block_size,
             ring_block_count: config.tuning.ring_block_count,
         }),
-        limits: (config.tuning != Tuning::default()).then(|| LimitsOut {
+        limits: (config.tuning != Tuning::default()).then_some(LimitsOut {
             memory_mib: config.tuning.memory_mib,
             log_lines_per_second: config.tuning.log_lines_per_second,
         }),

@@ -1,0 +1,216 @@
+//! `sesame-bench`: load-test sesamed (or any knockd-compatible daemon) in a lab of
+//! network namespaces, under a spoofed-source flood, with legitimate knockers.
+//!
+//! ```text
+//! sesame-bench run   [--daemon PATH]... [--rate PPS|max] [--duration S] [--legit N] [--out DIR]
+//! sesame-bench sweep [--daemon PATH]... --rates 0,1000,10k,max [...]
+//! sesame-bench chart --results DIR/results.json [--svg FILE]
+//! ```
+//! Needs root (namespaces, packet sockets). Floods stay on the lab's veth pair.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use sesame_bench::chart;
+use sesame_bench::gen::{self, FloodMode, FloodProto, GenConfig};
+use sesame_bench::pacing::{parse_rates, Rate};
+use sesame_bench::report::{read_results, write_results, RunResult};
+use sesame_bench::run::{find_sesamed, run_once, summary_line, RunConfig};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "sesame-bench", version, about = "Load tests for sesamed and knockd-compatible daemons")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One run per daemon at one flood rate.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Flood rate in packets per second (`10000`, `10k`), `max` (flat out), or 0.
+        #[arg(long, default_value = "max")]
+        rate: Rate,
+    },
+    /// One run per daemon and rate, each in a fresh lab.
+    Sweep {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated flood rates.
+        #[arg(long, default_value = "0,1000,10000,100000,max", value_parser = parse_rates)]
+        rates: std::vec::Vec<Rate>,
+    },
+    /// Redraws the chart from a results.json.
+    Chart {
+        /// The results to draw.
+        #[arg(long)]
+        results: PathBuf,
+        /// Where to write the SVG (default: chart.svg beside the results).
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
+    /// The traffic generator (started by `run`/`sweep` inside the client namespace).
+    #[command(hide = true)]
+    Gen(GenConfig),
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// A daemon under test (repeat for several; default: sesamed beside this program).
+    /// It is run as `DAEMON -i SERVER_IF -c CONF [--daemon-arg...]`.
+    #[arg(long = "daemon", value_name = "PATH")]
+    daemons: Vec<PathBuf>,
+    /// The sesamed to use when no --daemon is given.
+    #[arg(long, value_name = "PATH")]
+    sesamed: Option<PathBuf>,
+    /// An extra argument for every daemon (repeatable).
+    #[arg(long = "daemon-arg", value_name = "ARG", allow_hyphen_values = true)]
+    daemon_args: Vec<String>,
+    /// An extra argument only for daemons whose name starts with `sesamed`
+    /// (e.g. `--sesamed-arg=--workers --sesamed-arg=2`).
+    #[arg(long = "sesamed-arg", value_name = "ARG", allow_hyphen_values = true)]
+    sesamed_args: Vec<String>,
+    /// Where the flood goes.
+    #[arg(long, value_enum, default_value = "first-port")]
+    flood: FloodMode,
+    /// TCP SYN or UDP flood frames.
+    #[arg(long, value_enum, default_value = "syn")]
+    proto: FloodProto,
+    /// Fraction (0..1) of flood frames from random 2001:db8::/32 sources.
+    #[arg(long, default_value_t = 0.0)]
+    v6_share: f64,
+    /// Seconds of traffic per run (at most 900).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Legitimate knockers per run, each from its own source address.
+    #[arg(long, default_value_t = 50)]
+    legit: u32,
+    /// Milliseconds between one knocker's knocks.
+    #[arg(long, default_value_t = 2)]
+    knock_gap_ms: u64,
+    /// The knock sequence.
+    #[arg(long, value_delimiter = ',', default_value = "7000,8000,9000")]
+    sequence: Vec<u16>,
+    /// Seconds after its last knock within which a knocker's command must run.
+    #[arg(long, default_value_t = 5.0)]
+    success_window: f64,
+    /// Core to pin the generator to (`none`: no pinning; default: the first core allowed).
+    #[arg(long)]
+    gen_cpu: Option<String>,
+    /// Cores to pin the daemon to (a `taskset -c` list, e.g. `1` or `1-3`; default: not pinned).
+    #[arg(long, value_name = "LIST")]
+    daemon_cpus: Option<String>,
+    /// Output directory for results.json, chart.svg and the daemons' log tails.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Less chatter on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Gen(cfg) => run_gen(&cfg),
+        Cmd::Run { common, rate } => run_matrix(&common, &[rate]),
+        Cmd::Sweep { common, rates } => run_matrix(&common, &rates),
+        Cmd::Chart { results, svg } => redraw(&results, svg),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sesame-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_gen(cfg: &GenConfig) -> anyhow::Result<()> {
+    let report = gen::run(cfg)?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+fn redraw(results: &Path, svg: Option<PathBuf>) -> anyhow::Result<()> {
+    let runs = read_results(results).with_context(|| format!("reading {}", results.display()))?;
+    let svg = svg.unwrap_or_else(|| results.with_file_name("chart.svg"));
+    chart::write_svg(&svg, &runs)?;
+    eprintln!("sesame-bench: wrote {}", svg.display());
+    Ok(())
+}
+
+fn run_matrix(c: &Common, rates: &[Rate]) -> anyhow::Result<()> {
+    if !(c.duration > 0.0 && c.duration <= gen::MAX_DURATION_SECS) {
+        bail!(
+            "--duration {}: must be more than 0 and at most {} seconds",
+            c.duration,
+            gen::MAX_DURATION_SECS
+        );
+    }
+    if !(c.success_window >= 0.0 && c.success_window <= 600.0) {
+        bail!("--success-window {}: must be from 0 to 600 seconds", c.success_window);
+    }
+    let exe = std::env::current_exe().context("locating sesame-bench")?;
+    let daemons = if c.daemons.is_empty() {
+        vec![c.sesamed.clone().or_else(|| find_sesamed(&exe)).context(
+            "no sesamed beside sesame-bench (build it with `cargo build --release`), and no --daemon/--sesamed given",
+        )?]
+    } else {
+        c.daemons.clone()
+    };
+    let gen_cpu = match c.gen_cpu.as_deref() {
+        None => Some(sesame_bench::stats::first_allowed_cpu()),
+        Some("none") => None,
+        Some(n) => Some(n.parse().with_context(|| format!("--gen-cpu {n:?}: a core number or `none`"))?),
+    };
+    std::fs::create_dir_all(&c.out).with_context(|| format!("creating {}", c.out.display()))?;
+    let json = c.out.join("results.json");
+    let svg = c.out.join("chart.svg");
+    let mut runs: Vec<RunResult> = Vec::new();
+    let mut failures = 0;
+    for &rate in rates {
+        for daemon in &daemons {
+            let mut cfg = RunConfig::new(daemon.clone(), exe.clone());
+            cfg.daemon_args = c.daemon_args.clone();
+            if cfg.daemon_name().starts_with("sesamed") {
+                cfg.daemon_args.extend(c.sesamed_args.iter().cloned());
+            }
+            cfg.flood = c.flood;
+            cfg.proto = c.proto;
+            cfg.v6_share = c.v6_share;
+            cfg.rate = rate;
+            cfg.duration = c.duration;
+            cfg.legit = c.legit;
+            cfg.knock_gap_ms = c.knock_gap_ms;
+            cfg.ports = c.sequence.clone();
+            cfg.gen_cpu = gen_cpu;
+            cfg.daemon_cpus = c.daemon_cpus.clone();
+            cfg.success_window = Duration::from_secs_f64(c.success_window);
+            cfg.keep_logs = Some(c.out.join("logs"));
+            cfg.verbose = !c.quiet;
+            match run_once(&cfg) {
+                Ok(r) => {
+                    println!("{}", summary_line(&r));
+                    runs.push(r);
+                    write_results(&json, &runs)?;
+                    chart::write_svg(&svg, &runs)?;
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("sesame-bench: run of {} at {rate} pps failed: {e:#}", daemon.display());
+                }
+            }
+        }
+    }
+    write_results(&json, &runs)?;
+    chart::write_svg(&svg, &runs)?;
+    eprintln!("sesame-bench: wrote {} and {}", json.display(), svg.display());
+    if failures > 0 {
+        bail!("{failures} run(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,608 @@
+//! The traffic generator: runs inside the client namespace (a packet socket belongs
+//! to the namespace it was made in), pinned to one core, and sends
+//! - a spoofed-source flood from one `PACKET_QDISC_BYPASS` TX ring, paced by
+//!   [`Pacer`] or flat out, and
+//! - the legitimate knockers' sequences from a second, small TX ring, each knock
+//!   flushed on its own, interleaved with the flood's batches on the same thread,
+//!
+//! for a bounded time, then prints one JSON line ([`GenReport`]) and exits.
+//!
+//! Addresses: flood sources are random in 198.18.0.0/15 (and optionally 2001:db8::/32)
+//! but never in [`LEGIT_NET`], the legitimate knockers' 198.19.192.0/18, so the flood
+//! can never disturb a legitimate knocker's sequence by accident.
+
+use crate::pacing::{Pacer, Rate};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest run the generator accepts, in seconds.
+pub const MAX_DURATION_SECS: f64 = 900.0;
+
+/// The legitimate knockers' network: 198.19.192.0/18 (16382 usable sources).
+pub const LEGIT_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 192, 0), 18);
+
+/// Where the flood is aimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloodMode {
+    /// Every flood frame to the first knock port (every one starts a knock attempt).
+    FirstPort,
+    /// Every flood frame to a random port.
+    RandomPorts,
+    /// Half to the first knock port, half to random ports.
+    Mixed,
+}
+
+impl FloodMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FloodMode::FirstPort => "first-port",
+            FloodMode::RandomPorts => "random-ports",
+            FloodMode::Mixed => "mixed",
+        }
+    }
+}
+
+/// What the flood frames are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloodProto {
+    /// TCP segments with only SYN set.
+    Syn,
+    /// UDP datagrams (one zero byte of payload, as `knock -u` sends).
+    Udp,
+}
+
+impl FloodProto {
+    pub fn name(self) -> &'static str {
+        match self {
+            FloodProto::Syn => "syn",
+            FloodProto::Udp => "udp",
+        }
+    }
+}
+
+/// The generator's command line (`sesame-bench gen ...`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GenConfig {
+    /// Interface to send on (the client's veth).
+    #[arg(long)]
+    pub iface: String,
+    /// Source MAC of every frame (the client veth's).
+    #[arg(long, value_parser = parse_mac)]
+    pub src_mac: Mac,
+    /// Destination MAC of every frame (the server veth's).
+    #[arg(long, value_parser = parse_mac)]
+    pub dst_mac: Mac,
+    /// The server's IPv4 address: destination of the knocks and the IPv4 flood.
+    #[arg(long)]
+    pub dst_ip: Ipv4Addr,
+    /// The server's IPv6 address: destination of the IPv6 share of the flood.
+    #[arg(long)]
+    pub dst_ip6: Option<Ipv6Addr>,
+    /// Fraction (0..1) of flood frames with random 2001:db8::/32 sources (needs --dst-ip6).
+    #[arg(long, default_value_t = 0.0)]
+    pub v6_share: f64,
+    /// Where the flood goes.
+    #[arg(long, value_enum, default_value = "first-port")]
+    pub flood: FloodMode,
+    /// TCP SYN or UDP flood.
+    #[arg(long, value_enum, default_value = "syn")]
+    pub proto: FloodProto,
+    /// Flood rate in packets per second, or `max` (0: no flood, knockers only).
+    #[arg(long, default_value = "0")]
+    pub rate: Rate,
+    /// How long to run, in seconds (at most 900).
+    #[arg(long)]
+    pub duration: f64,
+    /// The knock sequence (TCP ports), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "7000,8000,9000")]
+    pub ports: Vec<u16>,
+    /// Number of legitimate knockers (distinct sources from 198.19.192.1 up).
+    #[arg(long, default_value_t = 0)]
+    pub legit: u32,
+    /// Milliseconds between one knocker's knocks.
+    #[arg(long, default_value_t = 2)]
+    pub knock_gap_ms: u64,
+    /// Seed for the flood's random addresses and ports (default: from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Most flood frames queued per flush.
+    #[arg(long, default_value_t = 128)]
+    pub batch: u32,
+}
+
+impl GenConfig {
+    /// Checks the limits before anything is opened.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_SECS) {
+            return Err(format!(
+                "duration {} s: must be more than 0 and at most {MAX_DURATION_SECS} s",
+                self.duration
+            ));
+        }
+        if self.ports.is_empty() {
+            return Err("empty knock sequence".into());
+        }
+        if !(0.0..=1.0).contains(&self.v6_share) {
+            return Err(format!("v6 share {} is not between 0 and 1", self.v6_share));
+        }
+        if self.v6_share > 0.0 && self.dst_ip6.is_none() {
+            return Err("an IPv6 share of the flood needs --dst-ip6".into());
+        }
+        if self.legit as u64 > legit_capacity() {
+            return Err(format!("at most {} legitimate knockers", legit_capacity()));
+        }
+        if self.batch == 0 {
+            return Err("batch must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The arguments after `gen` that reproduce this configuration.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--iface".into(),
+            self.iface.clone(),
+            "--src-mac".into(),
+            self.src_mac.to_string(),
+            "--dst-mac".into(),
+            self.dst_mac.to_string(),
+            "--dst-ip".into(),
+            self.dst_ip.to_string(),
+        ];
+        if let Some(ip6) = self.dst_ip6 {
+            a.extend(["--dst-ip6".into(), ip6.to_string()]);
+        }
+        a.extend([
+            "--v6-share".into(),
+            self.v6_share.to_string(),
+            "--flood".into(),
+            self.flood.name().into(),
+            "--proto".into(),
+            self.proto.name().into(),
+            "--rate".into(),
+            self.rate.to_string(),
+            "--duration".into(),
+            self.duration.to_string(),
+            "--ports".into(),
+            self.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+            "--legit".into(),
+            self.legit.to_string(),
+            "--knock-gap-ms".into(),
+            self.knock_gap_ms.to_string(),
+            "--batch".into(),
+            self.batch.to_string(),
+        ]);
+        if let Some(seed) = self.seed {
+            a.extend(["--seed".into(), seed.to_string()]);
+        }
+        a
+    }
+}
+
+/// An Ethernet address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<Mac, String> {
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("invalid MAC address {s:?}"));
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.is_empty() || p.len() > 2 {
+            return Err(format!("invalid MAC address {s:?}"));
+        }
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| format!("invalid MAC address {s:?}"))?;
+    }
+    Ok(Mac(m))
+}
+
+/// What the generator did, printed as one JSON line at the end.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GenReport {
+    pub flood_sent: u64,
+    pub legit_frames_sent: u64,
+    pub elapsed_s: f64,
+    pub ring_full_waits: u64,
+    pub tx_errors: u64,
+    pub knockers: Vec<KnockerReport>,
+}
+
+/// One legitimate knocker: its source and when (wall clock, ns since the Unix epoch)
+/// its first and last knocks left the generator.
+///
+/// Wall-clock time is used because the bench reads the command FIFO in another process;
+/// both read the same kernel clock, and a run is far too short for it to be stepped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KnockerReport {
+    pub ip: Ipv4Addr,
+    pub first_knock_ns: u64,
+    pub last_knock_ns: u64,
+    /// Knocks actually sent (less than the sequence only if the run was cut short).
+    pub knocks_sent: u32,
+}
+
+/// How many legitimate knockers [`LEGIT_NET`] holds.
+pub fn legit_capacity() -> u64 {
+    (1u64 << (32 - LEGIT_NET.1)) - 2
+}
+
+/// The source address of legitimate knocker `i` (0-based): 198.19.192.1 upwards.
+pub fn legit_source(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(LEGIT_NET.0) + 1 + i)
+}
+
+/// Whether `ip` lies in [`LEGIT_NET`].
+pub fn is_legit_net(ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX << (32 - LEGIT_NET.1);
+    u32::from(ip) & mask == u32::from(LEGIT_NET.0)
+}
+
+/// One knock to send: when (since the start), which knocker, which knock of its sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnockEvent {
+    pub at: Duration,
+    pub knocker: u32,
+    pub step: u32,
+}
+
+/// The legitimate knocks in send order: knocker `i` starts at
+/// `duration * (0.1 + 0.7 * i / n)` (spread over the middle of the run, the last one
+/// finishing well before the flood stops) and knocks every `gap`.
+pub fn legit_schedule(n: u32, steps: u32, duration: Duration, gap: Duration) -> Vec<KnockEvent> {
+    let mut ev = Vec::with_capacity(n as usize * steps as usize);
+    for k in 0..n {
+        let start = duration.mul_f64(0.1 + 0.7 * k as f64 / n.max(1) as f64);
+        for s in 0..steps {
+            ev.push(KnockEvent { at: start + gap * s, knocker: k, step: s });
+        }
+    }
+    ev.sort_by_key(|e| (e.at, e.knocker, e.step));
+    ev
+}
+
+/// SplitMix64: a fast, small, good-enough generator for addresses and ports.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A random flood source in 198.18.0.0/15 outside [`LEGIT_NET`].
+pub fn flood_source_v4(r: u64) -> Ipv4Addr {
+    let mut off = (r & 0x1_FFFF) as u32;
+    // 198.19.192.0/18 is offsets 0x1C000..=0x1FFFF of the /15; fold it onto 198.19.128.0/18.
+    if off >= 0x1_C000 {
+        off -= 0x4000;
+    }
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + off)
+}
+
+/// A random flood source in 2001:db8::/32.
+pub fn flood_source_v6(hi: u64, lo: u64) -> Ipv6Addr {
+    let bits = ((0x2001_0db8u128) << 96) | ((hi as u128 & 0xFFFF_FFFF) << 64) | lo as u128;
+    Ipv6Addr::from(bits)
+}
+
+/// The destination port of a flood frame: the first knock port, or a random port
+/// from 1024 up (mixed: each with probability 1/2).
+pub fn flood_port(mode: FloodMode, first: u16, r: u64) -> u16 {
+    let random = 1024 + (r >> 16) as u16 % (65535 - 1024);
+    match mode {
+        FloodMode::FirstPort => first,
+        FloodMode::RandomPorts => random,
+        FloodMode::Mixed => {
+            if r & 1 == 0 {
+                first
+            } else {
+                random
+            }
+        }
+    }
+}
+
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// What the next flood frame is.
+fn next_flood_frame(cfg: &GenConfig, rng: &mut Rng) -> (IpAddr, IpAddr, u16, u16) {
+    let r = rng.next_u64();
+    let r2 = rng.next_u64();
+    let dport = flood_port(cfg.flood, cfg.ports[0], r2);
+    let sport = 1024 + (r2 >> 40) as u16 % (65535 - 1024);
+    let v6 = cfg.v6_share > 0.0 && ((r >> 40) as f64 / (1u64 << 24) as f64) < cfg.v6_share;
+    match (v6, cfg.dst_ip6) {
+        (true, Some(dst6)) => {
+            (IpAddr::V6(flood_source_v6(r, r2 ^ r.rotate_left(17))), IpAddr::V6(dst6), sport, dport)
+        }
+        _ => (IpAddr::V4(flood_source_v4(r)), IpAddr::V4(cfg.dst_ip), sport, dport),
+    }
+}
+
+pub use tx::run;
+
+mod tx {
+    use super::*;
+    use sesame_capture::craft::{write_frame, FrameSpec};
+    use sesame_capture::frame::tcp_flags::SYN;
+    use sesame_capture::tx::{TxConfig, TxRing};
+    use sesame_capture::Proto;
+
+    /// Runs the generator as configured and returns its report.
+    pub fn run(cfg: &GenConfig) -> anyhow::Result<GenReport> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let duration = Duration::from_secs_f64(cfg.duration);
+        let seed = cfg.seed.unwrap_or_else(|| unix_ns(SystemTime::now()) ^ (std::process::id() as u64) << 32);
+        let mut rng = Rng::new(seed);
+        let flood_on = !cfg.rate.is_zero();
+        // Frames are at most 74 bytes: 128-byte slots (32 of them header) keep the ring small.
+        let flood_cfg = TxConfig { frame_size: 128, frame_count: 8192, qdisc_bypass: true };
+        let legit_cfg = TxConfig { frame_size: 128, frame_count: 64, qdisc_bypass: true };
+        let mut flood = if flood_on { Some(TxRing::open(&cfg.iface, &flood_cfg)?) } else { None };
+        let mut legit_ring = if cfg.legit > 0 { Some(TxRing::open(&cfg.iface, &legit_cfg)?) } else { None };
+        let steps = cfg.ports.len() as u32;
+        let schedule = legit_schedule(cfg.legit, steps, duration, Duration::from_millis(cfg.knock_gap_ms));
+        let mut knockers: Vec<KnockerReport> = (0..cfg.legit)
+            .map(|i| KnockerReport {
+                ip: legit_source(i),
+                first_knock_ns: 0,
+                last_knock_ns: 0,
+                knocks_sent: 0,
+            })
+            .collect();
+        let legit_sport: Vec<u16> = (0..cfg.legit).map(|_| 1024 + (rng.next_u64() % 60000) as u16).collect();
+        let (proto, flags) = match cfg.proto {
+            FloodProto::Syn => (Proto::Tcp, SYN),
+            FloodProto::Udp => (Proto::Udp, 0),
+        };
+        let pacer = Pacer::new(cfg.rate, cfg.batch as u64);
+        let mut report = GenReport::default();
+        let mut queued: u64 = 0;
+        let mut next_ev = 0usize;
+        let start = Instant::now();
+        loop {
+            let now = start.elapsed();
+            if now >= duration {
+                break;
+            }
+            // Legitimate knocks first: each is flushed on its own, so its timestamp is
+            // when the kernel took it.
+            while next_ev < schedule.len() && schedule[next_ev].at <= now {
+                let ev = schedule[next_ev];
+                next_ev += 1;
+                let ring = legit_ring.as_mut().expect("legit ring open when knockers exist");
+                let spec = FrameSpec {
+                    src_mac: cfg.src_mac.0,
+                    dst_mac: cfg.dst_mac.0,
+                    src: IpAddr::V4(legit_source(ev.knocker)),
+                    dst: IpAddr::V4(cfg.dst_ip),
+                    proto: Proto::Tcp,
+                    src_port: legit_sport[ev.knocker as usize],
+                    dst_port: cfg.ports[ev.step as usize],
+                    tcp_flags: SYN,
+                };
+                let mut sent = 0;
+                for _ in 0..100 {
+                    sent = ring.queue(1, |slot| write_frame(&spec, slot).unwrap_or(0));
+                    if sent == 1 {
+                        break;
+                    }
+                    ring.flush()?;
+                    ring.wait_writable(Duration::from_millis(1))?;
+                }
+                ring.flush()?;
+                if sent == 1 {
+                    let t = unix_ns(SystemTime::now());
+                    let k = &mut knockers[ev.knocker as usize];
+                    if k.knocks_sent == 0 {
+                        k.first_knock_ns = t;
+                    }
+                    k.last_knock_ns = t;
+                    k.knocks_sent += 1;
+                    report.legit_frames_sent += 1;
+                }
+            }
+            let next_legit = schedule.get(next_ev).map(|e| e.at).unwrap_or(duration);
+            match flood.as_mut() {
+                Some(ring) => {
+                    let allowed = pacer.allowed(now, queued);
+                    if allowed > 0 {
+                        let n = ring.queue(allowed as usize, |slot| {
+                            let (src, dst, sport, dport) = next_flood_frame(cfg, &mut rng);
+                            let spec = FrameSpec {
+                                src_mac: cfg.src_mac.0,
+                                dst_mac: cfg.dst_mac.0,
+                                src,
+                                dst,
+                                proto,
+                                src_port: sport,
+                                dst_port: dport,
+                                tcp_flags: flags,
+                            };
+                            write_frame(&spec, slot).unwrap_or(0)
+                        });
+                        queued += n as u64;
+                        ring.flush()?;
+                        if (n as u64) < allowed {
+                            report.ring_full_waits += 1;
+                            ring.wait_writable(Duration::from_millis(2))?;
+                        }
+                    } else if let Some(due) = pacer.next_due(queued) {
+                        sleep_until(start, due.min(next_legit).min(duration));
+                    }
+                }
+                None => sleep_until(start, next_legit.min(duration)),
+            }
+        }
+        // Let the rings drain, then take the kernel's count.
+        if let Some(ring) = flood.as_mut() {
+            ring.drain(Duration::from_secs(2))?;
+            let st = ring.stats();
+            report.flood_sent = st.sent;
+            report.tx_errors =
+                st.wrong_format + st.rejected + queued.saturating_sub(st.sent + st.wrong_format);
+        }
+        report.elapsed_s = start.elapsed().as_secs_f64();
+        if let Some(ring) = legit_ring.as_mut() {
+            ring.drain(Duration::from_secs(1))?;
+        }
+        report.knockers = knockers;
+        Ok(report)
+    }
+
+    /// Sleeps until `at` (since `start`); short waits spin-yield for precision.
+    fn sleep_until(start: Instant, at: Duration) {
+        loop {
+            let now = start.elapsed();
+            if now >= at {
+                return;
+            }
+            let left = at - now;
+            if left > Duration::from_micros(200) {
+                std::thread::sleep(left - Duration::from_micros(100));
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        let m = parse_mac("02:1a:ff:00:9B:0c").unwrap();
+        assert_eq!(m.0, [2, 0x1a, 0xff, 0, 0x9b, 0x0c]);
+        assert_eq!(m.to_string(), "02:1a:ff:00:9b:0c");
+        for bad in ["", "02:1a:ff:00:9b", "02:1a:ff:00:9b:0c:1", "02:1a:ff:00:9b:xyz", "0:1:2:3:4:g"] {
+            assert!(parse_mac(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn legit_sources_and_flood_sources_never_meet() {
+        assert_eq!(legit_source(0), Ipv4Addr::new(198, 19, 192, 1));
+        assert_eq!(legit_source(299), Ipv4Addr::new(198, 19, 193, 44));
+        assert!(is_legit_net(legit_source(legit_capacity() as u32 - 1)));
+        // The last one is just below the /18's broadcast address.
+        assert_eq!(legit_source(legit_capacity() as u32 - 1), Ipv4Addr::new(198, 19, 255, 254));
+        let mut rng = Rng::new(1);
+        for _ in 0..200_000 {
+            let ip = flood_source_v4(rng.next_u64());
+            let o = ip.octets();
+            assert!(o[0] == 198 && (o[1] == 18 || o[1] == 19), "{ip}");
+            assert!(!is_legit_net(ip), "{ip}");
+        }
+        assert_eq!(flood_source_v4(0x1_FFFF), Ipv4Addr::new(198, 19, 191, 255));
+        assert_eq!(flood_source_v4(0), Ipv4Addr::new(198, 18, 0, 0));
+        let v6 = flood_source_v6(u64::MAX, 5);
+        assert_eq!(v6.segments()[..2], [0x2001, 0x0db8]);
+    }
+
+    #[test]
+    fn flood_ports() {
+        let mut rng = Rng::new(7);
+        let (mut first, mut other) = (0, 0);
+        for _ in 0..10_000 {
+            let r = rng.next_u64();
+            assert_eq!(flood_port(FloodMode::FirstPort, 7000, r), 7000);
+            assert!(flood_port(FloodMode::RandomPorts, 7000, r) >= 1024);
+            if flood_port(FloodMode::Mixed, 7000, r) == 7000 {
+                first += 1
+            } else {
+                other += 1
+            }
+        }
+        assert!((4000..6000).contains(&first) && first + other == 10_000, "{first}");
+    }
+
+    #[test]
+    fn schedule_spreads_knockers_over_the_run() {
+        let d = Duration::from_secs(10);
+        let ev = legit_schedule(50, 3, d, Duration::from_millis(2));
+        assert_eq!(ev.len(), 150);
+        assert!(ev.windows(2).all(|w| w[0].at <= w[1].at));
+        assert_eq!(ev[0], KnockEvent { at: Duration::from_secs(1), knocker: 0, step: 0 });
+        let last = ev.last().unwrap();
+        assert_eq!(last.knocker, 49);
+        assert_eq!(last.step, 2);
+        assert!(last.at < d.mul_f64(0.8) + Duration::from_millis(5), "{last:?}");
+        // Each knocker's steps are in order, `gap` apart.
+        let k7: Vec<_> = ev.iter().filter(|e| e.knocker == 7).collect();
+        assert_eq!(k7.iter().map(|e| e.step).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(k7[2].at - k7[0].at, Duration::from_millis(4));
+        assert!(legit_schedule(0, 3, d, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn config_limits_and_args_round_trip() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct W {
+            #[command(flatten)]
+            g: GenConfig,
+        }
+        let base = [
+            "x",
+            "--iface",
+            "sc1",
+            "--src-mac",
+            "02:00:00:00:00:01",
+            "--dst-mac",
+            "02:00:00:00:00:02",
+            "--dst-ip",
+            "198.18.1.1",
+            "--duration",
+            "2",
+            "--rate",
+            "20k",
+            "--legit",
+            "10",
+        ];
+        let g = W::try_parse_from(base).unwrap().g;
+        g.validate().unwrap();
+        assert_eq!(g.rate, Rate::Pps(20_000));
+        assert_eq!(g.ports, [7000, 8000, 9000]);
+        let again = W::try_parse_from(std::iter::once("x".to_string()).chain(g.to_args())).unwrap().g;
+        assert_eq!(again.to_args(), g.to_args());
+        let mut long = g.clone();
+        long.duration = 901.0;
+        assert!(long.validate().unwrap_err().contains("900"));
+        let mut v6 = g.clone();
+        v6.v6_share = 0.5;
+        assert!(v6.validate().is_err());
+        v6.dst_ip6 = Some("2001:db8:1::1".parse().unwrap());
+        v6.validate().unwrap();
+    }
+}
