@@ -40,21 +40,27 @@ fn layout(runs: &[RunResult]) -> (Vec<String>, Vec<Line<'_>>) {
             Some(n) => crate::report::short_count(*n),
         })
         .collect();
+    // A run without flood (rate 0) is the starting point of every flood's line, not a
+    // series of its own.
     let floods: std::collections::BTreeSet<(&str, &str)> =
-        runs.iter().map(|r| (r.flood.as_str(), r.proto.as_str())).collect();
+        runs.iter().filter(|r| r.flood != "none").map(|r| (r.flood.as_str(), r.proto.as_str())).collect();
     let mut groups: BTreeMap<String, Vec<(usize, &RunResult)>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for r in runs {
-        let label = if floods.len() > 1 {
-            format!("{} ({} {})", r.daemon, r.flood, r.proto)
-        } else {
-            r.daemon.clone()
-        };
         let x = rates.iter().position(|v| *v == r.target_pps).expect("rate listed");
-        if !groups.contains_key(&label) {
-            order.push(label.clone());
+        let labels: Vec<String> = if floods.len() <= 1 {
+            vec![r.daemon.clone()]
+        } else if r.flood == "none" {
+            floods.iter().map(|(f, p)| format!("{} ({f} {p})", r.daemon)).collect()
+        } else {
+            vec![format!("{} ({} {})", r.daemon, r.flood, r.proto)]
+        };
+        for label in labels {
+            if !groups.contains_key(&label) {
+                order.push(label.clone());
+            }
+            groups.entry(label).or_default().push((x, r));
         }
-        groups.entry(label).or_default().push((x, r));
     }
     let lines = order
         .into_iter()

@@ -42,6 +42,21 @@ fn full_table_stays_at_capacity_and_lets_knockers_through() {
     assert!(stats["evictions"] > slots, "the table turned over at least once: {stats:?}");
     assert_eq!(stats["kernel_drops"], 0, "{stats:?}");
     assert_eq!(r.legit_succeeded, r.legit_sent, "a full table must not keep out real knockers: {r:#?}");
+    // The flood's Stage lines are rate-limited and summarised; OPEN SESAME never is.
+    let logs = out.join("logs");
+    let log_path = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("the daemon's log was kept");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(stats["log_suppressed"] > 0, "{stats:?}");
+    assert!(log.contains("rate limit: suppressed"), "no summary of suppressed lines in the log");
+    let opens = log.lines().filter(|l| l.ends_with(": OPEN SESAME")).count();
+    assert_eq!(opens as u64, r.legit_sent, "every OPEN SESAME is logged");
+    let stages = log.lines().filter(|l| l.contains(": Stage ")).count();
+    // 200 lines a second by default, over a run of well under 15 seconds.
+    assert!(stages < 200 * 15, "{stages} Stage lines: the rate limit did not hold");
     // Memory is allocated up front: no growth once running, whatever the flood does.
     let first = r.rss_series_kib.first().expect("RSS sampled").1;
     let peak = r.rss_series_kib.iter().map(|&(_, kib)| kib).max().unwrap();

@@ -233,7 +233,8 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         workers.push(WorkerHandle { handle: Some(handle), control: tx, published });
     }
 
-    let result = supervise(&s, &workers, &log, &term, &hup);
+    let mut reported = Reported::default();
+    let result = supervise(&s, &workers, &log, &term, &hup, &mut reported);
     term.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for w in &mut workers {
@@ -249,6 +250,8 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     if let Err(e) = &result {
         log.text(format!("error: {e:#}"));
     }
+    // The last summary, only if something was suppressed or dropped since the last one.
+    reported.report(&workers, &log);
     // On stderr, not in the log: the LogFile stays line for line what knockd writes.
     eprintln!("{}", stats_line(&workers, &log));
     log.text("shutting down");
@@ -291,6 +294,39 @@ fn stats_line(workers: &[WorkerHandle], log: &Log) -> String {
 /// How often the main thread reports suppressed log lines and kernel drops.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// What has been reported so far, so each report covers only what is new.
+#[derive(Default)]
+struct Reported {
+    suppressed: u64,
+    drops: u64,
+    since: Option<Instant>,
+}
+
+impl Reported {
+    /// Logs what changed since the last report: suppressed per-packet lines and
+    /// packets the kernel dropped.
+    fn report(&mut self, workers: &[WorkerHandle], log: &Log) {
+        let secs = self.since.map_or(0, |t| t.elapsed().as_secs());
+        self.since = Some(Instant::now());
+        let suppressed = total(workers, |p| &p.suppressed) + log.dropped();
+        if suppressed > self.suppressed {
+            log.text(format!(
+                "rate limit: suppressed {} per-packet log lines (Stage/sequence timeout) in the last {secs} seconds",
+                suppressed - self.suppressed
+            ));
+            self.suppressed = suppressed;
+        }
+        let drops = total(workers, |p| &p.kernel_drops);
+        if drops > self.drops {
+            log.text(format!(
+                "warning: the kernel dropped {} packets in the last {secs} seconds: capture is falling behind",
+                drops - self.drops
+            ));
+            self.drops = drops;
+        }
+    }
+}
+
 /// The main thread: reloads on SIGHUP, reports every [`REPORT_EVERY`], returns on
 /// SIGTERM/SIGINT or when a worker has died.
 fn supervise(
@@ -299,9 +335,9 @@ fn supervise(
     log: &Log,
     term: &AtomicBool,
     hup: &AtomicBool,
+    reported: &mut Reported,
 ) -> anyhow::Result<()> {
-    let mut last_report = Instant::now();
-    let (mut suppressed, mut drops) = (0, 0);
+    reported.since = Some(Instant::now());
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if workers.iter().any(|w| w.handle.as_ref().is_some_and(JoinHandle::is_finished)) {
@@ -311,26 +347,8 @@ fn supervise(
         if hup.swap(false, Ordering::Relaxed) {
             reload(s, workers, log);
         }
-        if last_report.elapsed() >= REPORT_EVERY {
-            last_report = Instant::now();
-            let now_suppressed = total(workers, |p| &p.suppressed) + log.dropped();
-            if now_suppressed > suppressed {
-                log.text(format!(
-                    "rate limit: suppressed {} per-packet log lines (Stage/sequence timeout) in the last {} seconds",
-                    now_suppressed - suppressed,
-                    REPORT_EVERY.as_secs()
-                ));
-                suppressed = now_suppressed;
-            }
-            let now_drops = total(workers, |p| &p.kernel_drops);
-            if now_drops > drops {
-                log.text(format!(
-                    "warning: the kernel dropped {} packets in the last {} seconds: capture is falling behind",
-                    now_drops - drops,
-                    REPORT_EVERY.as_secs()
-                ));
-                drops = now_drops;
-            }
+        if reported.since.is_some_and(|t| t.elapsed() >= REPORT_EVERY) {
+            reported.report(workers, log);
         }
     }
     Ok(())
@@ -533,4 +551,39 @@ fn debug_knock(k: &Knock) {
         k.dst_port,
         k.tcp_flags
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_allows_its_rate_per_second_and_counts_the_rest() {
+        let mut l = Limiter::new(3);
+        let allowed = (0..10).filter(|_| l.allow(100)).count();
+        assert_eq!((allowed, l.suppressed), (3, 7));
+        // A new second refills the bucket.
+        assert!(l.allow(101));
+        assert_eq!((0..10).filter(|_| l.allow(101)).count(), 2);
+        assert_eq!(l.suppressed, 15);
+    }
+
+    #[test]
+    fn a_zero_rate_means_no_limit() {
+        let mut l = Limiter::new(0);
+        assert!((0..10_000).all(|_| l.allow(1)));
+        assert_eq!(l.suppressed, 0);
+    }
+
+    #[test]
+    fn the_memory_budget_pays_for_the_rings_first() {
+        let t = Tuning { workers: Some(2), ..Tuning::default() };
+        let s = Settings::default();
+        let z = Sizing::new(&t, &s).unwrap();
+        // 64 MiB less 2 workers x 8 x 1 MiB of ring, split over 2 workers.
+        assert_eq!((z.workers, z.budget), (2, 24 << 20));
+        assert_eq!(z.log_rate, 100);
+        let small = Settings { memory_mib: Some(16), ..Settings::default() };
+        assert!(Sizing::new(&t, &small).is_err(), "16 MiB holds the rings but no table");
+    }
 }

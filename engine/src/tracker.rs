@@ -70,7 +70,6 @@ pub struct Bucket {
 /// A fixed-capacity, set-associative table of attempts.
 pub struct Tracker {
     sets: Box<[Set]>,
-    bucket_mask: usize,
     hasher: ahash::RandomState,
     len: usize,
     stats: TrackerStats,
@@ -92,24 +91,15 @@ impl std::fmt::Debug for Tracker {
 }
 
 impl Tracker {
-    /// A table of at most `budget` bytes: the largest power-of-two number of buckets
-    /// that fits, and at least one bucket.
+    /// A table of at most `budget` bytes (and at least one bucket).
     pub fn for_budget(budget: usize) -> Tracker {
-        let buckets = (budget / BUCKET_BYTES).max(1);
-        let buckets = 1usize << (usize::BITS - 1 - buckets.leading_zeros());
-        Tracker::with_buckets(buckets, ahash::RandomState::new())
+        Tracker::with_buckets((budget / BUCKET_BYTES).max(1), ahash::RandomState::new())
     }
 
-    /// A table of `buckets` buckets (a power of two) with the given hash key.
+    /// A table of `buckets` buckets with the given hash key.
     pub fn with_buckets(buckets: usize, hasher: ahash::RandomState) -> Tracker {
-        assert!(buckets.is_power_of_two(), "bucket count must be a power of two");
-        Tracker {
-            sets: allocate(buckets),
-            bucket_mask: buckets - 1,
-            hasher,
-            len: 0,
-            stats: TrackerStats::default(),
-        }
+        assert!(buckets > 0, "a table needs a bucket");
+        Tracker { sets: allocate(buckets), hasher, len: 0, stats: TrackerStats::default() }
     }
 
     pub fn capacity(&self) -> usize {
@@ -144,8 +134,12 @@ impl Tracker {
             IpAddr::V6(a) => (a.octets(), V6),
         };
         let h = self.hasher.hash_one((key, family));
-        let fp = ((h >> 56) as u8).max(1);
-        Bucket { index: (h as usize) & self.bucket_mask, key, fp, family }
+        // The low byte: the bucket index comes from the high bits.
+        let fp = (h as u8).max(1);
+        // The high half of a 64x64-bit product maps the hash onto any bucket count
+        // evenly, so the whole budget is used, not just its largest power of two.
+        let index = ((u128::from(h) * self.sets.len() as u128) >> 64) as usize;
+        Bucket { index, key, fp, family }
     }
 
     /// Starts loading the bucket's two lines into the cache, so a batch of packets
@@ -259,7 +253,7 @@ mod tests {
         for budget in [1 << 20, 64 << 20, 3_000_000] {
             let t = Tracker::for_budget(budget);
             assert!(t.memory_bytes() <= budget, "{budget}");
-            assert!(t.memory_bytes() > budget / 2, "{budget}: uses at least half the budget");
+            assert!(t.memory_bytes() + BUCKET_BYTES > budget, "{budget}: uses the whole budget");
         }
         assert_eq!(Tracker::for_budget(0).capacity(), WAYS, "never zero buckets");
     }

@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand};
 use sesame_engine::client::{self, Family, KnockPlan};
-use sesame_engine::config::{native, Config, ConfigError, LoadError};
+use sesame_engine::config::{native, Config};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,9 +54,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sesame: {e:#}");
-            let config_error =
-                e.downcast_ref::<LoadError>().is_some() || e.downcast_ref::<ConfigError>().is_some();
-            ExitCode::from(if config_error { 2 } else { 1 })
+            ExitCode::from(sesame_engine::exit_code(&e))
         }
     }
 }

@@ -5,7 +5,6 @@
 //! (interface missing, capture socket refused, ...).
 
 use clap::{ArgAction, Parser};
-use sesame_engine::config::{ConfigError, LoadError};
 use sesame_engine::daemon::{self, Settings};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,9 +85,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sesamed: {e:#}");
-            let config_error =
-                e.downcast_ref::<LoadError>().is_some() || e.downcast_ref::<ConfigError>().is_some();
-            ExitCode::from(if config_error { 2 } else { 1 })
+            ExitCode::from(sesame_engine::exit_code(&e))
         }
     }
 }
