@@ -884,6 +884,55 @@ mod tests {
         assert!(opens(&got).len() > 3, "the sample exercises opens: {}", opens(&got).len());
     }
 
+    /// A one-time door over `lines`, in a scratch directory kept alive by the guard.
+    fn one_time(lines: &str) -> (sesame_lab::TempDir, std::path::PathBuf, Config) {
+        let dir = sesame_lab::TempDir::new("otm").unwrap();
+        let path = dir.join("otp");
+        std::fs::write(&path, lines).unwrap();
+        let mut d = door("otp", "1", 5);
+        d.sequence.clear();
+        d.one_time = Some(crate::config::OneTimeSequences { path: path.clone() });
+        let config = Config {
+            source: "t".into(),
+            options: Options::default(),
+            doors: vec![d],
+            tuning: Default::default(),
+        };
+        (dir, path, config)
+    }
+
+    #[test]
+    fn one_time_sequences_are_used_once_and_then_the_door_closes() {
+        let (_dir, path, config) = one_time("7000,8000\n7100,8100\n");
+        let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US], 1 << 20);
+        let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))]);
+        assert_eq!(opens(&ev), vec![(A, 0)]);
+        // knockd's mark: '#' over the first byte, the file keeps its length.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "#000,8000\n7100,8100\n");
+        // The used sequence no longer opens; the next one does, from any source.
+        assert!(opens(&run(&mut m, &[(2, tcp(B, 7000, SYN)), (2, tcp(B, 8000, SYN))])).is_empty());
+        let ev = run(&mut m, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))]);
+        assert_eq!(opens(&ev), vec![(B, 0)]);
+        assert!(ev.contains(&Event::DoorDisabled { door: 0 }), "no sequence left: {ev:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "#000,8000\n#100,8100\n");
+        assert!(run(&mut m, &[(4, tcp(A, 7100, SYN)), (4, tcp(A, 8100, SYN))]).is_empty());
+        assert!(m.filter_spec(true).tcp_ports.is_empty(), "a disabled door's ports leave the filter");
+    }
+
+    #[test]
+    fn a_one_time_sequence_used_on_one_worker_is_gone_on_every_worker() {
+        let (_dir, _path, config) = one_time("7000,8000\n7100,8100\n");
+        let doors = Doors::new(&config).unwrap();
+        let mut w1 = Matcher::new(doors.clone(), vec![US], 1 << 20);
+        let mut w2 = Matcher::new(doors, vec![US], 1 << 20);
+        assert_eq!(opens(&run(&mut w1, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))])), vec![(A, 0)]);
+        let generation = w2.generation();
+        assert!(opens(&run(&mut w2, &[(2, tcp(B, 7000, SYN)), (2, tcp(B, 8000, SYN))])).is_empty());
+        assert_ne!(w2.generation(), generation, "the other worker rebuilds its filter");
+        assert_eq!(w2.filter_spec(true).tcp_ports, vec![7100, 8100]);
+        assert_eq!(opens(&run(&mut w2, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))])), vec![(B, 0)]);
+    }
+
     #[test]
     fn sources_are_independent() {
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5)]);

@@ -122,3 +122,48 @@ fn sighup_applies_a_good_config_and_keeps_the_running_one_when_bad() {
     knock(&lab, &["7300", "7400"]);
     assert!(wait_until(Duration::from_secs(5), || read(&out).contains("second ")), "log: {}", read(&log));
 }
+
+#[test]
+fn ipv6_knocks_run_the_ipv6_command() {
+    if !sesame_lab::require_root("ipv6_knocks_run_the_ipv6_command") {
+        return;
+    }
+    let lab = Lab::new("six").unwrap();
+    let dir = TempDir::new("six").unwrap();
+    let (conf, log, out) = (dir.join("k.conf"), dir.join("k.log"), dir.join("out"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[options]\nLogFile = {}\n[both]\nsequence = 7100,7200:udp\nseq_timeout = 5\n\
+             command = echo four %IP% >> {o}\ncommand_6 = echo six %IP% >> {o}\n",
+            log.display(),
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    let _daemon = ChildGuard::spawn(
+        lab.server
+            .command(SESAMED)
+            .args(["-i", &lab.server_if, "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&log).contains("starting up")), "log: {}", read(&log));
+    let v6 = lab.server_v6.to_string();
+    let knock6 = lab.client.command(SESAME).args(["knock", "-6", &v6, "7100", "7200:udp"]).output().unwrap();
+    assert!(knock6.status.success(), "{}", String::from_utf8_lossy(&knock6.stderr));
+    let want = format!("six {}", lab.client_v6);
+    assert!(
+        wait_until(Duration::from_secs(5), || read(&out).contains(&want)),
+        "out: {} log: {}",
+        read(&out),
+        read(&log)
+    );
+    assert!(read(&log).contains(&format!("{}: both: OPEN SESAME", lab.client_v6)), "log: {}", read(&log));
+    knock(&lab, &["7100", "7200:udp"]);
+    let want = format!("four {}", lab.client_v4);
+    assert!(wait_until(Duration::from_secs(5), || read(&out).contains(&want)), "out: {}", read(&out));
+}
