@@ -30,18 +30,14 @@
 use std::io::Read;
 use std::net::IpAddr;
 
-use crate::filter::{op, skf, Hook, Insn, Program};
+use crate::filter::Target::{Next, To};
+use crate::filter::{op, skf, Asm, Hook, Program, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
 
 /// Multipliers of the mixing rounds (MurmurHash3's `c1`, `c2` and `fmix32` constants).
 const C1: u32 = 0xcc9e_2d51;
 const C2: u32 = 0x1b87_3593;
 const F1: u32 = 0x85eb_ca6b;
 const F2: u32 = 0xc2b2_ae35;
-
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
-const ETH_P_8021Q: u32 = 0x8100;
-const ETH_P_8021AD: u32 = 0x88a8;
 
 /// The fanout program that hashes the source address with `key`: the value of
 /// [`source_hash`]`(key, source)` for IPv4 and IPv6 packets, untagged or with one VLAN
@@ -50,18 +46,19 @@ const ETH_P_8021AD: u32 = 0x88a8;
 pub fn source_hash_program(key: u32) -> Program {
     let mut a = Asm::default();
     let (vlan, fin, zero) = (a.label(), a.label(), a.label());
-    let paths = [[a.label(), a.label()], [a.label(), a.label()]]; // [v4, v6] x [untagged, tagged]
-                                                                  // A = skb->protocol: the ethertype, or the TPID of a tag still in the frame.
+    // [v4, v6] x [untagged, tagged]
+    let paths = [[a.label(), a.label()], [a.label(), a.label()]];
+    // A = skb->protocol: the ethertype, or the TPID of a tag still in the frame.
     a.stmt(op::LD | op::H | op::ABS, skf::AD_OFF + skf::AD_PROTOCOL);
-    a.jump(op::JEQ, ETH_P_IP, Some(paths[0][0]), None);
-    a.jump(op::JEQ, ETH_P_IPV6, Some(paths[1][0]), None);
-    a.jump(op::JEQ, ETH_P_8021Q, Some(vlan), None);
-    a.jump(op::JEQ, ETH_P_8021AD, Some(vlan), Some(zero));
+    a.jump(op::JEQ, ETH_P_IP, To(paths[0][0]), Next);
+    a.jump(op::JEQ, ETH_P_IPV6, To(paths[1][0]), Next);
+    a.jump(op::JEQ, ETH_P_8021Q, To(vlan), Next);
+    a.jump(op::JEQ, ETH_P_8021AD, To(vlan), To(zero));
     // A tag in the frame: its TCI, then the ethertype, then the IP header.
     a.bind(vlan);
     a.stmt(op::LD | op::H | op::ABS, 2);
-    a.jump(op::JEQ, ETH_P_IP, Some(paths[0][1]), None);
-    a.jump(op::JEQ, ETH_P_IPV6, Some(paths[1][1]), Some(zero));
+    a.jump(op::JEQ, ETH_P_IP, To(paths[0][1]), Next);
+    a.jump(op::JEQ, ETH_P_IPV6, To(paths[1][1]), To(zero));
     for (tagged, base) in [0u32, 4].into_iter().enumerate() {
         // IPv4: the source address is at 12.
         a.bind(paths[0][tagged]);
@@ -153,90 +150,6 @@ pub fn random_key() -> std::io::Result<u32> {
     let mut b = [0u8; 4];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(u32::from_ne_bytes(b))
-}
-
-/// A forward label of [`Asm`].
-#[derive(Clone, Copy, Debug)]
-struct Label(usize);
-
-#[derive(Clone, Copy, Debug)]
-enum Item {
-    Stmt(Insn),
-    /// A conditional jump: `None` is the next instruction.
-    Jump {
-        code: u16,
-        k: u32,
-        jt: Option<Label>,
-        jf: Option<Label>,
-    },
-    Ja(Label),
-    Bind(Label),
-}
-
-/// A minimal forward-label assembler for this short program (every conditional jump
-/// stays far within its 8-bit range; `assemble` checks it).
-#[derive(Debug, Default)]
-struct Asm {
-    items: Vec<Item>,
-    labels: usize,
-}
-
-impl Asm {
-    fn label(&mut self) -> Label {
-        self.labels += 1;
-        Label(self.labels - 1)
-    }
-
-    fn bind(&mut self, l: Label) {
-        self.items.push(Item::Bind(l));
-    }
-
-    fn stmt(&mut self, code: u16, k: u32) {
-        self.items.push(Item::Stmt(Insn::stmt(code, k)));
-    }
-
-    fn jump(&mut self, code: u16, k: u32, jt: Option<Label>, jf: Option<Label>) {
-        self.items.push(Item::Jump { code: op::JMP | code | op::K, k, jt, jf });
-    }
-
-    fn ja(&mut self, l: Label) {
-        self.items.push(Item::Ja(l));
-    }
-
-    /// Resolves the labels. Panics on an unbound label, a backward or too long jump:
-    /// bugs of the generator above, which always emits the same shape.
-    fn assemble(&self) -> Vec<Insn> {
-        let mut at = vec![usize::MAX; self.labels];
-        let mut pc = 0;
-        for item in &self.items {
-            match item {
-                Item::Bind(l) => at[l.0] = pc,
-                _ => pc += 1,
-            }
-        }
-        let mut out = Vec::with_capacity(pc);
-        for item in &self.items {
-            let next = out.len() + 1;
-            let off = |l: Option<Label>| match l {
-                None => 0,
-                Some(l) => {
-                    let t = at[l.0];
-                    assert!(t != usize::MAX && t >= next, "bad jump to {l:?}");
-                    t - next
-                }
-            };
-            match *item {
-                Item::Bind(_) => {}
-                Item::Stmt(i) => out.push(i),
-                Item::Ja(l) => out.push(Insn::stmt(op::JMP | op::JA, off(Some(l)) as u32)),
-                Item::Jump { code, k, jt, jf } => {
-                    let short = |o: usize| u8::try_from(o).expect("conditional jump within 255");
-                    out.push(Insn::jump(code, k, short(off(jt)), short(off(jf))));
-                }
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]

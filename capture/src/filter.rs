@@ -110,10 +110,10 @@ pub struct FilterSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Program(Vec<Insn>);
 
-const ETH_P_IP: u32 = 0x0800;
-const ETH_P_IPV6: u32 = 0x86dd;
-const ETH_P_8021Q: u32 = 0x8100;
-const ETH_P_8021AD: u32 = 0x88a8;
+pub(crate) const ETH_P_IP: u32 = 0x0800;
+pub(crate) const ETH_P_IPV6: u32 = 0x86dd;
+pub(crate) const ETH_P_8021Q: u32 = 0x8100;
+pub(crate) const ETH_P_8021AD: u32 = 0x88a8;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 /// IPv6 extension headers that may precede TCP/UDP: hop-by-hop, routing, fragment,
@@ -535,11 +535,11 @@ fn search_tree(a: &mut Asm, ports: &[u16], accept: Label, reject: Label) {
 
 /// A forward jump target of the assembler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Label(usize);
+pub(crate) struct Label(usize);
 
 /// Where a conditional jump goes on one side.
 #[derive(Clone, Copy, Debug)]
-enum Target {
+pub(crate) enum Target {
     /// The instruction after the jump.
     Next,
     To(Label),
@@ -557,38 +557,39 @@ enum Item {
 /// A label assembler for classic BPF. Conditional jumps have 8-bit offsets; a side
 /// whose target ends up further away gets a trampoline right after the jump (an
 /// unconditional `ja`, which has a 32-bit offset, or a copy of the target if that
-/// is a `ret`), found by iterating the layout to a fixed point.
+/// is a `ret`), found by iterating the layout to a fixed point. The knock filter and
+/// the fanout program ([`crate::fanout`]) are both written with it.
 #[derive(Debug, Default)]
-struct Asm {
+pub(crate) struct Asm {
     items: Vec<Item>,
     labels: usize,
 }
 
 impl Asm {
-    fn label(&mut self) -> Label {
+    pub(crate) fn label(&mut self) -> Label {
         self.labels += 1;
         Label(self.labels - 1)
     }
 
-    fn bind(&mut self, l: Label) {
+    pub(crate) fn bind(&mut self, l: Label) {
         self.items.push(Item::Bind(l));
     }
 
-    fn stmt(&mut self, code: u16, k: u32) {
+    pub(crate) fn stmt(&mut self, code: u16, k: u32) {
         self.items.push(Item::Stmt(Insn::stmt(code, k)));
     }
 
-    fn ja(&mut self, l: Label) {
+    pub(crate) fn ja(&mut self, l: Label) {
         self.items.push(Item::Ja(l));
     }
 
-    fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
+    pub(crate) fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
         self.items.push(Item::Cond { code: op::JMP | code | op::K, k, jt, jf });
     }
 
     /// Lays the items out and resolves every label. Panics on an unbound label or a
     /// backward jump: both are bugs of the generator, not of its input.
-    fn assemble(&self) -> Vec<Insn> {
+    pub(crate) fn assemble(&self) -> Vec<Insn> {
         // far[i] = (jt needs a trampoline, jf needs one), for Cond items.
         let mut far = vec![(false, false); self.items.len()];
         let (pos, label_pos) = loop {

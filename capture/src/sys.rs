@@ -178,8 +178,16 @@ impl PacketSocket {
         if block_size < BLOCK_STATUS_OFFSET + 4 || block_size & 7 != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad ring block size"));
         }
-        let len = block_size
-            .checked_mul(block_count)
+        // The socket's only ring is the RX ring of `block_count` blocks of `block_size`.
+        let (ptr, len) = self.map_rings(block_size, block_count)?;
+        Ok(RingMap { ptr, len, block_size, block_count })
+    }
+
+    /// Maps the socket's ring(s), `count` units (blocks or frames) of `unit` bytes:
+    /// read-write, shared with the kernel. Returns the start and the length.
+    fn map_rings(&self, unit: usize, count: usize) -> io::Result<(NonNull<u8>, usize)> {
+        let len = unit
+            .checked_mul(count)
             .filter(|&l| l > 0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "ring size overflows"))?;
         // No MAP_LOCKED: the ring's pages are allocated by the kernel (alloc_pg_vec) and
@@ -187,8 +195,9 @@ impl PacketSocket {
         // makes the VMA VM_MIXEDMAP, for which mmap_region() clears VM_LOCKED anyway.
         // Asking for it would only make mmap fail under a small RLIMIT_MEMLOCK.
         // SAFETY: a fresh mapping (addr = NULL) never aliases existing Rust memory; the
-        // fd is a live packet socket with an RX ring of exactly `len` bytes (packet_mmap
-        // rejects any other size with EINVAL).
+        // fd is a live packet socket, and packet_mmap() maps exactly its rings (the RX
+        // ring, then the TX ring) and rejects any other size with EINVAL, so a mapping
+        // we get back is those rings, `len` bytes.
         let p = unsafe {
             libc::mmap(
                 ptr::null_mut(),
@@ -203,7 +212,7 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
-        Ok(RingMap { ptr, len, block_size, block_count })
+        Ok((ptr, len))
     }
 }
 
@@ -399,28 +408,8 @@ impl PacketSocket {
         if frame_size & 15 != 0 || frame_size <= TX_DATA_OFFSET {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad TX frame size"));
         }
-        let len = frame_size
-            .checked_mul(frame_count)
-            .filter(|&l| l > 0)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "ring size overflows"))?;
-        // SAFETY: a fresh mapping (addr = NULL) never aliases existing Rust memory; the
-        // fd is a live packet socket whose only ring is a TX ring of exactly `len` bytes
-        // (packet_mmap() maps the RX ring then the TX ring and rejects any other size).
-        // No MAP_LOCKED, for the reasons given in map_ring().
-        let p = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        // The socket's only ring is the TX ring of `frame_count` slots of `frame_size`.
+        let (ptr, len) = self.map_rings(frame_size, frame_count)?;
         Ok(TxMap { ptr, len, frame_size, frame_count })
     }
 

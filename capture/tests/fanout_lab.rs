@@ -3,16 +3,16 @@
 //!
 //! Rings on the server's veth join fanout groups with classic BPF programs; the client
 //! sends crafted frames from a TX ring (and a few from its own IP stack). As in
-//! tx_lab.rs, each test re-runs itself in the server namespace (the receiver), which
-//! runs it a third time in the client namespace (the sender); the roles come from the
-//! environment.
+//! tx_lab.rs, each test runs in the server namespace (the receiver), which runs it a
+//! third time in the client namespace (the sender); see `common/mod.rs`.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{arg, mac_of, poll_settled, Env, LabTests};
 use sesame_capture::craft::{write_frame, FrameSpec};
 use sesame_capture::fanout::{member_for, random_key, source_hash, source_hash_program};
 use sesame_capture::filter::{op, skf, FilterSpec, Insn, Program};
@@ -20,185 +20,8 @@ use sesame_capture::frame::tcp_flags;
 use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig};
 use sesame_capture::tx::{TxConfig, TxRing};
 use sesame_capture::{parse_frame, Proto};
-use sesame_lab::{ChildGuard, Lab, TempDir};
 
-// ---- harness (as in tx_lab.rs) -------------------------------------------
-
-const ROLE: &str = "SESAME_FANOUT_LAB_ROLE";
-/// How long the server run may take before it is killed and the test fails.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the client run may take.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// The lab as the inner runs see it.
-#[derive(Clone, Debug)]
-struct Env {
-    test: String,
-    server_if: String,
-    client_if: String,
-    client_ns: String,
-    server_v4: Ipv4Addr,
-    client_v4: Ipv4Addr,
-    server_v6: Ipv6Addr,
-    client_v6: Ipv6Addr,
-    /// The server's MAC address (read by the server run, passed to the client run).
-    server_mac: [u8; 6],
-}
-
-fn var(k: &str) -> String {
-    std::env::var(format!("{ROLE}_{k}")).unwrap_or_else(|_| panic!("{k} not set"))
-}
-
-/// An argument the server run gave the client run.
-fn arg(k: &str) -> String {
-    var(&format!("ARG_{k}"))
-}
-
-impl Env {
-    fn from_env() -> Env {
-        let server_if = var("SERVER_IF");
-        let server_mac = match std::env::var(format!("{ROLE}_SERVER_MAC")) {
-            Ok(m) => parse_mac(&m),
-            Err(_) => mac_of(&server_if),
-        };
-        Env {
-            test: var("TEST"),
-            server_if,
-            client_if: var("CLIENT_IF"),
-            client_ns: var("CLIENT_NS"),
-            server_v4: var("SERVER_V4").parse().unwrap(),
-            client_v4: var("CLIENT_V4").parse().unwrap(),
-            server_v6: var("SERVER_V6").parse().unwrap(),
-            client_v6: var("CLIENT_V6").parse().unwrap(),
-            server_mac,
-        }
-    }
-
-    fn set_vars(&self, cmd: &mut Command) {
-        let mac: Vec<String> = self.server_mac.iter().map(|b| format!("{b:02x}")).collect();
-        for (k, v) in [
-            ("TEST", self.test.clone()),
-            ("SERVER_IF", self.server_if.clone()),
-            ("CLIENT_IF", self.client_if.clone()),
-            ("CLIENT_NS", self.client_ns.clone()),
-            ("SERVER_V4", self.server_v4.to_string()),
-            ("CLIENT_V4", self.client_v4.to_string()),
-            ("SERVER_V6", self.server_v6.to_string()),
-            ("CLIENT_V6", self.client_v6.to_string()),
-            ("SERVER_MAC", mac.join(":")),
-        ] {
-            cmd.env(format!("{ROLE}_{k}"), v);
-        }
-    }
-
-    /// Starts this test's client run in the client namespace, its output going to a
-    /// file; `args` are for it to read with [`arg`].
-    fn start_client(&self, dir: &TempDir, args: &[(&str, String)]) -> Client {
-        let log = dir.join("client.log");
-        let out = File::create(&log).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns])
-            .arg(std::env::current_exe().unwrap())
-            .args([self.test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE, "client")
-            .env("RUST_BACKTRACE", "1")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        self.set_vars(&mut cmd);
-        for (k, v) in args {
-            cmd.env(format!("{ROLE}_ARG_{k}"), v);
-        }
-        Client { child: ChildGuard::spawn(&mut cmd).expect("start client run"), log, started: Instant::now() }
-    }
-}
-
-/// A client run in progress.
-struct Client {
-    child: ChildGuard,
-    log: std::path::PathBuf,
-    started: Instant,
-}
-
-impl Client {
-    fn is_running(&mut self) -> bool {
-        self.child.is_running()
-    }
-
-    /// Waits for the client run, fails the test if it failed, and returns its
-    /// `@@ key=value` results.
-    fn finish(mut self) -> BTreeMap<String, String> {
-        let left = CLIENT_TIMEOUT.saturating_sub(self.started.elapsed());
-        let status = self.child.wait_timeout(left).unwrap();
-        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-        println!("---- client run ----\n{out}---- end of client run ----");
-        match status {
-            Some(st) if st.success() => assert!(out.contains("1 passed"), "client run did not run the test"),
-            Some(st) => panic!("client run failed ({st})"),
-            None => panic!("client run did not finish in {CLIENT_TIMEOUT:?}"),
-        }
-        out.lines()
-            .filter_map(|l| l.split_once("@@ ").map(|(_, kv)| kv))
-            .flat_map(|l| l.split_whitespace())
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-}
-
-/// Runs a lab test: `server` in the lab's server namespace, which starts `client` in
-/// the client namespace with [`Env::start_client`] (see the module doc).
-fn lab_test(test: &str, server: fn(&Env), client: fn(&Env)) {
-    match std::env::var(ROLE).as_deref() {
-        Ok("server") => return server(&Env::from_env()),
-        Ok("client") => return client(&Env::from_env()),
-        _ => {}
-    }
-    if !sesame_lab::require_root(test) {
-        return;
-    }
-    let lab = Lab::new("fo").expect("build lab");
-    let dir = TempDir::new("folab").unwrap();
-    let log_path = dir.join("server.log");
-    let log = File::create(&log_path).unwrap();
-    let mut cmd = lab.server.command(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "server")
-        .env("RUST_BACKTRACE", "1")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    for (k, v) in [
-        ("TEST", test.to_owned()),
-        ("SERVER_IF", lab.server_if.clone()),
-        ("CLIENT_IF", lab.client_if.clone()),
-        ("CLIENT_NS", lab.client.name().to_owned()),
-        ("SERVER_V4", lab.server_v4.to_string()),
-        ("CLIENT_V4", lab.client_v4.to_string()),
-        ("SERVER_V6", lab.server_v6.to_string()),
-        ("CLIENT_V6", lab.client_v6.to_string()),
-    ] {
-        cmd.env(format!("{ROLE}_{k}"), v);
-    }
-    let mut child = ChildGuard::spawn(&mut cmd).expect("start server run");
-    let status = child.wait_timeout(SERVER_TIMEOUT).unwrap();
-    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("---- server run of {test} in {} ----\n{out}", lab.server.name());
-    match status {
-        Some(st) if st.success() => assert!(out.contains("1 passed"), "server run did not run {test}"),
-        Some(st) => panic!("server run of {test} failed ({st})"),
-        None => panic!("server run of {test} did not finish in {SERVER_TIMEOUT:?}"),
-    }
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    v.try_into().unwrap_or_else(|v| panic!("bad MAC {v:?}"))
-}
-
-/// The MAC address of an interface of this namespace (`ip netns exec` mounts a sysfs
-/// of the namespace).
-fn mac_of(ifname: &str) -> [u8; 6] {
-    parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap())
-}
+const LAB: LabTests = LabTests { tag: "fo", server_timeout: Duration::from_secs(60) };
 
 // ---- the test -----------------------------------------------------------------------
 
@@ -242,10 +65,7 @@ type Tags = &'static [(u16, u16)];
 /// receiving kernel takes out of the frame) and two double-tagged (whose inner tag
 /// stays in the frame).
 fn frames_of(env: &Env, src_mac: [u8; 6], n: usize, src: IpAddr) -> Vec<(FrameSpec, Tags)> {
-    let dst = match src {
-        IpAddr::V4(_) => IpAddr::V4(env.server_v4),
-        IpAddr::V6(_) => IpAddr::V6(env.server_v6),
-    };
+    let dst = env.server_addr(src);
     let f = |proto, dst_port, flags, k: u16| FrameSpec {
         src_mac,
         dst_mac: env.server_mac,
@@ -288,7 +108,7 @@ fn byte_probe(k: u32) -> Program {
 
 #[test]
 fn fanout_by_source_address() {
-    lab_test("fanout_by_source_address", fanout_server, fanout_client);
+    LAB.run("fanout_by_source_address", fanout_server, Some(fanout_client));
 }
 
 fn fanout_client(env: &Env) {
@@ -301,25 +121,9 @@ fn fanout_client(env: &Env) {
     let mut frames: Vec<(FrameSpec, Tags)> =
         (0..PER_SOURCE).flat_map(|k| per_source.iter().map(move |f| f[k])).collect();
     // From the client's own addresses, untagged.
-    for (i, (src, dst)) in [
-        (IpAddr::V4(env.client_v4), IpAddr::V4(env.server_v4)),
-        (IpAddr::V6(env.client_v6), IpAddr::V6(env.server_v6)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, src) in [IpAddr::V4(env.client_v4), IpAddr::V6(env.client_v6)].into_iter().enumerate() {
         for k in 0..4u16 {
-            let spec = FrameSpec {
-                src_mac,
-                dst_mac: env.server_mac,
-                src,
-                dst,
-                proto: Proto::Udp,
-                src_port: 50_000 + 10 * i as u16 + k,
-                dst_port: 9000,
-                tcp_flags: 0,
-            };
-            frames.push((spec, &[]));
+            frames.push((env.udp_knock(src_mac, src, 50_000 + 10 * i as u16 + k), &[]));
         }
     }
     let mut ring =
@@ -394,12 +198,9 @@ fn fanout_server(env: &Env) {
         group(env, 0x5e7, &ll_probe, 2),
     ];
 
-    let dir = TempDir::new("folab").unwrap();
-    let mut client = env.start_client(&dir, &[("KEY", key.to_string())]);
+    let mut client = env.start_client(&[("KEY", key.to_string())]);
     let mut got: Vec<Vec<Got>> = vec![Vec::new(), Vec::new(), Vec::new()];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut settle: Option<Instant> = None;
-    while Instant::now() < settle.unwrap_or(deadline).min(deadline) {
+    poll_settled(Duration::from_secs(20), Duration::from_millis(300), |_| {
         for (g, rings) in groups.iter_mut().enumerate() {
             for (r, ring) in rings.iter_mut().enumerate() {
                 if let Some(block) = ring.next_block(Duration::from_millis(2)).unwrap() {
@@ -410,11 +211,8 @@ fn fanout_server(env: &Env) {
                 }
             }
         }
-        let done = got.iter().all(|g| g.len() >= expected) || !client.is_running();
-        if settle.is_none() && done {
-            settle = Some(Instant::now() + Duration::from_millis(300));
-        }
-    }
+        got.iter().all(|g| g.len() >= expected) || !client.is_running()
+    });
     let results = client.finish();
     assert_eq!(results["sources"], srcs.len().to_string());
     for (g, rings) in groups.iter().enumerate() {

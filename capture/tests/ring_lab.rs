@@ -1,51 +1,31 @@
 //! The TPACKET_V3 ring against a real kernel, in a throw-away lab (needs root).
 //!
-//! A packet socket belongs to the network namespace it was created in, so each test
-//! re-runs itself (this test binary, `--exact` that test) inside the lab's server
-//! namespace with `ip netns exec`; the copy inside finds the lab in its environment,
-//! opens rings on the server's veth and sends from the client namespace with python3.
-//! The outer copy owns the lab (dropped, with both namespaces, whatever happens),
-//! bounds the inner run in time and prints its output.
+//! Each test runs in the lab's server namespace (see `common/mod.rs`), where it opens
+//! rings on the server's veth, and sends from the client namespace with python3.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{mac_text, poll_settled, Env, LabTests};
 use sesame_capture::filter::{op, FilterSpec, Insn, Program};
 use sesame_capture::iface;
 use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig};
 use sesame_capture::{parse_frame, Knock, Proto};
-use sesame_lab::{ChildGuard, Lab, TempDir};
+use sesame_lab::ChildGuard;
 
-const CHILD: &str = "SESAME_RING_LAB_CHILD";
-/// How long the inner run may take before it is killed and the test fails.
-const CHILD_TIMEOUT: Duration = Duration::from_secs(40);
+const LAB: LabTests = LabTests { tag: "rl", server_timeout: Duration::from_secs(40) };
 
-/// The lab as the inner run sees it.
-struct Env {
-    server_if: String,
-    client_if: String,
-    client_ns: String,
-    server_v4: Ipv4Addr,
-    client_v4: Ipv4Addr,
-    server_v6: Ipv6Addr,
+/// Runs `body` inside the server namespace of a fresh lab.
+fn in_server_ns(test: &str, body: fn(&Env)) {
+    LAB.run(test, body, None);
 }
 
+/// What these tests do in the client namespace.
 impl Env {
-    fn from_env() -> Env {
-        let var = |k: &str| std::env::var(format!("{CHILD}_{k}")).unwrap_or_else(|_| panic!("{k} not set"));
-        Env {
-            server_if: var("SERVER_IF"),
-            client_if: var("CLIENT_IF"),
-            client_ns: var("CLIENT_NS"),
-            server_v4: var("SERVER_V4").parse().unwrap(),
-            client_v4: var("CLIENT_V4").parse().unwrap(),
-            server_v6: var("SERVER_V6").parse().unwrap(),
-        }
-    }
-
     /// Runs a python3 program in the client namespace; fails the test if it fails.
     fn client_py(&self, program: &str) -> Output {
         let out = self.client_cmd("python3").args(["-c", program]).stdin(Stdio::null()).output().unwrap();
@@ -62,51 +42,6 @@ impl Env {
     fn client_sh(&self, script: &str) {
         let out = self.client_cmd("/bin/sh").args(["-c", script]).stdin(Stdio::null()).output().unwrap();
         assert!(out.status.success(), "`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    fn server_mac(&self) -> String {
-        std::fs::read_to_string(format!("/sys/class/net/{}/address", self.server_if))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-}
-
-/// Runs `body` inside the server namespace of a fresh lab (see the module doc).
-fn in_server_ns(test: &str, body: fn(&Env)) {
-    if std::env::var_os(CHILD).is_some() {
-        body(&Env::from_env());
-        return;
-    }
-    if !sesame_lab::require_root(test) {
-        return;
-    }
-    let lab = Lab::new("rl").expect("build lab");
-    let dir = TempDir::new("rl").unwrap();
-    let log_path = dir.join("inner.log");
-    let log = File::create(&log_path).unwrap();
-    let mut cmd = lab.server.command(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env(format!("{CHILD}_SERVER_IF"), &lab.server_if)
-        .env(format!("{CHILD}_CLIENT_IF"), &lab.client_if)
-        .env(format!("{CHILD}_CLIENT_NS"), lab.client.name())
-        .env(format!("{CHILD}_SERVER_V4"), lab.server_v4.to_string())
-        .env(format!("{CHILD}_CLIENT_V4"), lab.client_v4.to_string())
-        .env(format!("{CHILD}_SERVER_V6"), lab.server_v6.to_string())
-        .env("RUST_BACKTRACE", "1")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let mut child = ChildGuard::spawn(&mut cmd).expect("start inner test run");
-    let status = child.wait_timeout(CHILD_TIMEOUT).unwrap();
-    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("---- inner run of {test} in {} ----\n{out}", lab.server.name());
-    match status {
-        Some(st) if st.success() => {
-            assert!(out.contains("1 passed"), "inner run did not run {test}")
-        }
-        Some(st) => panic!("inner run of {test} failed ({st})"),
-        None => panic!("inner run of {test} did not finish in {CHILD_TIMEOUT:?}"),
     }
 }
 
@@ -144,27 +79,17 @@ impl Collected {
 
 /// Reads blocks until `enough` holds (then `settle` more, for stragglers) or `timeout`.
 fn collect(ring: &mut Ring, timeout: Duration, enough: impl Fn(&Collected) -> bool) -> Collected {
-    let settle = Duration::from_millis(150);
     let mut got = Collected::default();
-    let deadline = Instant::now() + timeout;
-    let mut settle_until: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let until = settle_until.unwrap_or(deadline).min(deadline);
-        if now >= until {
-            break;
-        }
-        let Some(block) = ring.next_block(until - now).unwrap() else { continue };
+    poll_settled(timeout, Duration::from_millis(150), |left| {
+        let Some(block) = ring.next_block(left).unwrap() else { return false };
         got.blocks += 1;
         let n = block.len();
         let before = got.frames.len();
         got.frames.extend(block.packets().map(|f| Captured { data: f.data.to_vec(), vlan_tci: f.vlan_tci }));
         assert_eq!(got.frames.len() - before, n, "walk yields num_pkts frames");
         drop(block);
-        if settle_until.is_none() && enough(&got) {
-            settle_until = Some(Instant::now() + settle);
-        }
-    }
+        enough(&got)
+    });
     got
 }
 
@@ -358,7 +283,7 @@ fn ipv6_knocks_arrive() {
         // need not wait for duplicate address detection on either side.
         env.client_sh(&format!(
             "ip neigh replace {ll} lladdr {mac} dev {c} && ip addr add fe80::beef/64 dev {c} nodad",
-            mac = env.server_mac(),
+            mac = mac_text(&env.server_mac),
             c = env.client_if
         ));
         let global = env.server_v6.to_string();
@@ -440,8 +365,10 @@ fn kernel_and_interpreter_agree() {
         );
         assert_eq!(actual, expected);
         // PACKET_IGNORE_OUTGOING: the server's own replies (RSTs, ICMP) are not captured.
-        let mac: Vec<u8> = env.server_mac().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-        assert!(everything.frames.iter().all(|f| f.data[6..12] != mac[..]), "an outgoing frame was captured");
+        assert!(
+            everything.frames.iter().all(|f| f.data[6..12] != env.server_mac),
+            "an outgoing frame was captured"
+        );
         // The 5 listed v4 knocks minus udp 8000 and tcp 1, the first fragment of the big
         // datagram, and v6 tcp 8000 + udp 9000.
         assert_eq!(passed.frames.len(), 3 + 1 + 2, "{:?}", passed.knocks());
@@ -458,7 +385,7 @@ fn vlan_tags() {
         let mut ring = knock_ring(env, &RingConfig::default(), &[], &[9000]);
         // Hand-made tagged frames from an AF_PACKET socket on the client's veth
         // (this kernel has no 8021q module for a VLAN device).
-        let mac = env.server_mac().replace(':', "");
+        let mac = mac_text(&env.server_mac).replace(':', "");
         let (src, dst) = (env.client_v4, env.server_v4);
         let program = format!(
             "{PY_PRELUDE}\
@@ -496,41 +423,31 @@ fn fanout_groups_share_the_packets() {
         let program = Program::knock(&spec(env, &[], &[9000])).unwrap();
         let dst = env.server_v4.to_string();
         let ten: Vec<(&str, u16)> = vec![("udp", 9000); 10];
+        // Two rings join group `group_id`, ten datagrams come; how many each ring got.
+        let share = |group_id: u16, mode: FanoutMode| {
+            let cfg = RingConfig { fanout: Some(Fanout { group_id, mode }), ..RingConfig::default() };
+            let mut a = Ring::open(&env.server_if, &cfg, &program).unwrap();
+            let mut b = Ring::open(&env.server_if, &cfg, &program).unwrap();
+            env.client_py(&sender(&dst, &ten));
+            std::thread::sleep(Duration::from_millis(50));
+            let (ga, gb) = (
+                collect(&mut a, Duration::from_millis(300), |_| true),
+                collect(&mut b, Duration::from_millis(300), |_| true),
+            );
+            (ga.frames.len(), gb.frames.len())
+        };
 
         // Round robin: both members get some, nothing is lost or doubled.
-        let cfg = RingConfig {
-            fanout: Some(Fanout { group_id: 7, mode: FanoutMode::Lb }),
-            ..RingConfig::default()
-        };
-        let mut a = Ring::open(&env.server_if, &cfg, &program).unwrap();
-        let mut b = Ring::open(&env.server_if, &cfg, &program).unwrap();
-        env.client_py(&sender(&dst, &ten));
-        std::thread::sleep(Duration::from_millis(50));
-        let (ga, gb) = (
-            collect(&mut a, Duration::from_millis(300), |_| true),
-            collect(&mut b, Duration::from_millis(300), |_| true),
-        );
-        println!("lb: {} + {}", ga.frames.len(), gb.frames.len());
-        assert_eq!(ga.frames.len() + gb.frames.len(), 10);
-        assert!(!ga.frames.is_empty() && !gb.frames.is_empty());
-        drop((a, b));
+        let (a, b) = share(7, FanoutMode::Lb);
+        println!("lb: {a} + {b}");
+        assert_eq!(a + b, 10);
+        assert!(a > 0 && b > 0);
 
         // A classic BPF fanout program returning 1 sends everything to the second member.
         let one = Program::from_insns(vec![Insn::stmt(op::RET | op::K, 1)]).unwrap();
-        let cfg = RingConfig {
-            fanout: Some(Fanout { group_id: 8, mode: FanoutMode::Cbpf(one) }),
-            ..RingConfig::default()
-        };
-        let mut a = Ring::open(&env.server_if, &cfg, &program).unwrap();
-        let mut b = Ring::open(&env.server_if, &cfg, &program).unwrap();
-        env.client_py(&sender(&dst, &ten));
-        std::thread::sleep(Duration::from_millis(50));
-        let (ga, gb) = (
-            collect(&mut a, Duration::from_millis(300), |_| true),
-            collect(&mut b, Duration::from_millis(300), |_| true),
-        );
-        println!("cbpf: {} + {}", ga.frames.len(), gb.frames.len());
-        assert_eq!((ga.frames.len(), gb.frames.len()), (0, 10));
+        let (a, b) = share(8, FanoutMode::Cbpf(one));
+        println!("cbpf: {a} + {b}");
+        assert_eq!((a, b), (0, 10));
     });
 }
 

@@ -1,206 +1,29 @@
 //! The TPACKET_V2 TX ring and the frame crafter against real kernels, in a throw-away
 //! lab (needs root).
 //!
-//! A packet socket belongs to the network namespace it was created in, and these tests
-//! need one on each side: each test re-runs itself (this test binary, `--exact` that
-//! test) inside the lab's server namespace with `ip netns exec`, and that copy, which
-//! receives, runs the test a third time inside the client namespace to send. The roles
-//! come from the environment. The outer copy owns the lab (dropped, with both
-//! namespaces, whatever happens), bounds the inner runs in time and prints their output.
-//! The sender prints its results as `@@ key=value ...` lines for the receiver.
+//! These tests need a packet socket on each side: each test runs again in the lab's
+//! server namespace, to receive, and a third time in the client namespace, to send (see
+//! `common/mod.rs`). The sender prints its results as `@@ key=value ...` lines for the
+//! receiver.
+
+mod common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{mac_of, poll_settled, Env, LabTests};
 use sesame_capture::craft::{write_frame, FrameSpec};
 use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::frame::tcp_flags;
 use sesame_capture::ring::{Ring, RingConfig};
 use sesame_capture::tx::{TxConfig, TxRing};
 use sesame_capture::{parse_frame, CaptureError, Knock, Proto};
-use sesame_lab::{ChildGuard, Lab, TempDir};
 
-// ---- harness (the same in fanout_lab.rs) -------------------------------------------
+const LAB: LabTests = LabTests { tag: "tx", server_timeout: Duration::from_secs(60) };
 
-const ROLE: &str = "SESAME_TX_LAB_ROLE";
-/// How long the server run may take before it is killed and the test fails.
-const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the client run may take.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(40);
-
-/// The lab as the inner runs see it.
-#[derive(Clone, Debug)]
-struct Env {
-    test: String,
-    server_if: String,
-    client_if: String,
-    client_ns: String,
-    server_v4: Ipv4Addr,
-    client_v4: Ipv4Addr,
-    server_v6: Ipv6Addr,
-    client_v6: Ipv6Addr,
-    /// The server's MAC address (read by the server run, passed to the client run).
-    server_mac: [u8; 6],
-}
-
-fn var(k: &str) -> String {
-    std::env::var(format!("{ROLE}_{k}")).unwrap_or_else(|_| panic!("{k} not set"))
-}
-
-/// An argument the server run gave the client run.
-#[allow(dead_code)]
-fn arg(k: &str) -> String {
-    var(&format!("ARG_{k}"))
-}
-
-impl Env {
-    fn from_env() -> Env {
-        let server_if = var("SERVER_IF");
-        let server_mac = match std::env::var(format!("{ROLE}_SERVER_MAC")) {
-            Ok(m) => parse_mac(&m),
-            Err(_) => mac_of(&server_if),
-        };
-        Env {
-            test: var("TEST"),
-            server_if,
-            client_if: var("CLIENT_IF"),
-            client_ns: var("CLIENT_NS"),
-            server_v4: var("SERVER_V4").parse().unwrap(),
-            client_v4: var("CLIENT_V4").parse().unwrap(),
-            server_v6: var("SERVER_V6").parse().unwrap(),
-            client_v6: var("CLIENT_V6").parse().unwrap(),
-            server_mac,
-        }
-    }
-
-    fn set_vars(&self, cmd: &mut Command) {
-        let mac: Vec<String> = self.server_mac.iter().map(|b| format!("{b:02x}")).collect();
-        for (k, v) in [
-            ("TEST", self.test.clone()),
-            ("SERVER_IF", self.server_if.clone()),
-            ("CLIENT_IF", self.client_if.clone()),
-            ("CLIENT_NS", self.client_ns.clone()),
-            ("SERVER_V4", self.server_v4.to_string()),
-            ("CLIENT_V4", self.client_v4.to_string()),
-            ("SERVER_V6", self.server_v6.to_string()),
-            ("CLIENT_V6", self.client_v6.to_string()),
-            ("SERVER_MAC", mac.join(":")),
-        ] {
-            cmd.env(format!("{ROLE}_{k}"), v);
-        }
-    }
-
-    /// Starts this test's client run in the client namespace, its output going to a
-    /// file; `args` are for it to read with [`arg`].
-    fn start_client(&self, dir: &TempDir, args: &[(&str, String)]) -> Client {
-        let log = dir.join("client.log");
-        let out = File::create(&log).unwrap();
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns])
-            .arg(std::env::current_exe().unwrap())
-            .args([self.test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
-            .env(ROLE, "client")
-            .env("RUST_BACKTRACE", "1")
-            .stdout(out.try_clone().unwrap())
-            .stderr(out);
-        self.set_vars(&mut cmd);
-        for (k, v) in args {
-            cmd.env(format!("{ROLE}_ARG_{k}"), v);
-        }
-        Client { child: ChildGuard::spawn(&mut cmd).expect("start client run"), log, started: Instant::now() }
-    }
-}
-
-/// A client run in progress.
-struct Client {
-    child: ChildGuard,
-    log: std::path::PathBuf,
-    started: Instant,
-}
-
-impl Client {
-    fn is_running(&mut self) -> bool {
-        self.child.is_running()
-    }
-
-    /// Waits for the client run, fails the test if it failed, and returns its
-    /// `@@ key=value` results.
-    fn finish(mut self) -> BTreeMap<String, String> {
-        let left = CLIENT_TIMEOUT.saturating_sub(self.started.elapsed());
-        let status = self.child.wait_timeout(left).unwrap();
-        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
-        println!("---- client run ----\n{out}---- end of client run ----");
-        match status {
-            Some(st) if st.success() => assert!(out.contains("1 passed"), "client run did not run the test"),
-            Some(st) => panic!("client run failed ({st})"),
-            None => panic!("client run did not finish in {CLIENT_TIMEOUT:?}"),
-        }
-        out.lines()
-            .filter_map(|l| l.split_once("@@ ").map(|(_, kv)| kv))
-            .flat_map(|l| l.split_whitespace())
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
-    }
-}
-
-/// Runs a lab test: `server` in the lab's server namespace, which starts `client` in
-/// the client namespace with [`Env::start_client`] (see the module doc).
-fn lab_test(test: &str, server: fn(&Env), client: fn(&Env)) {
-    match std::env::var(ROLE).as_deref() {
-        Ok("server") => return server(&Env::from_env()),
-        Ok("client") => return client(&Env::from_env()),
-        _ => {}
-    }
-    if !sesame_lab::require_root(test) {
-        return;
-    }
-    let lab = Lab::new("tx").expect("build lab");
-    let dir = TempDir::new("txlab").unwrap();
-    let log_path = dir.join("server.log");
-    let log = File::create(&log_path).unwrap();
-    let mut cmd = lab.server.command(std::env::current_exe().unwrap());
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, "server")
-        .env("RUST_BACKTRACE", "1")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    for (k, v) in [
-        ("TEST", test.to_owned()),
-        ("SERVER_IF", lab.server_if.clone()),
-        ("CLIENT_IF", lab.client_if.clone()),
-        ("CLIENT_NS", lab.client.name().to_owned()),
-        ("SERVER_V4", lab.server_v4.to_string()),
-        ("CLIENT_V4", lab.client_v4.to_string()),
-        ("SERVER_V6", lab.server_v6.to_string()),
-        ("CLIENT_V6", lab.client_v6.to_string()),
-    ] {
-        cmd.env(format!("{ROLE}_{k}"), v);
-    }
-    let mut child = ChildGuard::spawn(&mut cmd).expect("start server run");
-    let status = child.wait_timeout(SERVER_TIMEOUT).unwrap();
-    let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-    println!("---- server run of {test} in {} ----\n{out}", lab.server.name());
-    match status {
-        Some(st) if st.success() => assert!(out.contains("1 passed"), "server run did not run {test}"),
-        Some(st) => panic!("server run of {test} failed ({st})"),
-        None => panic!("server run of {test} did not finish in {SERVER_TIMEOUT:?}"),
-    }
-}
-
-fn parse_mac(s: &str) -> [u8; 6] {
-    let v: Vec<u8> = s.trim().split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
-    v.try_into().unwrap_or_else(|v| panic!("bad MAC {v:?}"))
-}
-
-/// The MAC address of an interface of this namespace (`ip netns exec` mounts a sysfs
-/// of the namespace).
-fn mac_of(ifname: &str) -> [u8; 6] {
-    parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap())
-}
+// ---- helpers of these tests --------------------------------------------------------
 
 /// Reads frames from `ring` into `state` with `each` until `done` holds, then `settle`
 /// more for stragglers (or `timeout` in all).
@@ -212,26 +35,15 @@ fn read_ring<S>(
     mut each: impl FnMut(&mut S, &[u8]),
     mut done: impl FnMut(&S) -> bool,
 ) {
-    let deadline = Instant::now() + timeout;
-    let mut settle_until: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        let until = settle_until.unwrap_or(deadline).min(deadline);
-        if now >= until {
-            return;
-        }
-        if let Some(block) = ring.next_block((until - now).min(Duration::from_millis(50))).unwrap() {
+    poll_settled(timeout, settle, |left| {
+        if let Some(block) = ring.next_block(left.min(Duration::from_millis(50))).unwrap() {
             for f in block.packets() {
                 each(state, f.data);
             }
         }
-        if settle_until.is_none() && done(state) {
-            settle_until = Some(Instant::now() + settle);
-        }
-    }
+        done(state)
+    });
 }
-
-// ---- helpers of these tests --------------------------------------------------------
 
 /// `/proc/net/snmp` and `/proc/net/snmp6` of this namespace, as `Udp.NoPorts`,
 /// `Udp6NoPorts`, ... to values.
@@ -365,7 +177,7 @@ fn plan(env: &Env, src_mac: [u8; 6]) -> Vec<(FrameSpec, bool)> {
 
 #[test]
 fn every_frame_arrives_with_good_checksums() {
-    lab_test("every_frame_arrives_with_good_checksums", every_frame_server, every_frame_client);
+    LAB.run("every_frame_arrives_with_good_checksums", every_frame_server, Some(every_frame_client));
 }
 
 fn every_frame_client(env: &Env) {
@@ -386,8 +198,7 @@ fn every_frame_server(env: &Env) {
     let expected: Vec<Knock> = plan(env, [0; 6]).iter().map(|(s, _)| s.knock()).collect();
     let mut ring = server_ring(env, &RingConfig::default(), &[7000], &[9000]);
     let before = snmp();
-    let dir = TempDir::new("txlab").unwrap();
-    let mut client = env.start_client(&dir, &[]);
+    let mut client = env.start_client(&[]);
     let mut state: (Vec<Knock>, usize) = (Vec::new(), 0);
     read_ring(
         &mut ring,
@@ -440,7 +251,7 @@ fn every_frame_server(env: &Env) {
 
 #[test]
 fn flat_out_rate() {
-    lab_test("flat_out_rate", flat_out_server, flat_out_client);
+    LAB.run("flat_out_rate", flat_out_server, Some(flat_out_client));
 }
 
 /// Sends for `secs` as fast as the ring goes, 64 distinct source ports round robin.
@@ -464,16 +275,7 @@ fn flat_out(ring: &mut TxRing, base: FrameSpec, secs: f64) -> (u64, Duration) {
 }
 
 fn flat_out_client(env: &Env) {
-    let base = FrameSpec {
-        src_mac: mac_of(&env.client_if),
-        dst_mac: env.server_mac,
-        src: IpAddr::V4(env.client_v4),
-        dst: IpAddr::V4(env.server_v4),
-        proto: Proto::Udp,
-        src_port: 10_000,
-        dst_port: 9000,
-        tcp_flags: 0,
-    };
+    let base = env.udp_knock(mac_of(&env.client_if), IpAddr::V4(env.client_v4), 10_000);
     let tx_dropped = link_stat(&env.client_if, "tx_dropped");
     let mut ring = TxRing::open(&env.client_if, &TxConfig::default()).unwrap();
     // To the server: the receiving side (veth, IP stack up to the port lookup) runs in
@@ -497,8 +299,7 @@ fn flat_out_client(env: &Env) {
 fn flat_out_server(env: &Env) {
     let (rx0, drop0) = (link_stat(&env.server_if, "rx_packets"), link_stat(&env.server_if, "rx_dropped"));
     let before = snmp();
-    let dir = TempDir::new("txlab").unwrap();
-    let results = env.start_client(&dir, &[]).finish();
+    let results = env.start_client(&[]).finish();
     std::thread::sleep(Duration::from_millis(100));
     let after = snmp();
     let rx = link_stat(&env.server_if, "rx_packets") - rx0;
@@ -521,20 +322,11 @@ fn flat_out_server(env: &Env) {
 
 #[test]
 fn refused_frames_are_dropped_and_the_rest_sent() {
-    lab_test("refused_frames_are_dropped_and_the_rest_sent", refused_server, refused_client);
+    LAB.run("refused_frames_are_dropped_and_the_rest_sent", refused_server, Some(refused_client));
 }
 
 fn refused_client(env: &Env) {
-    let base = FrameSpec {
-        src_mac: mac_of(&env.client_if),
-        dst_mac: env.server_mac,
-        src: IpAddr::V4(env.client_v4),
-        dst: IpAddr::V4(env.server_v4),
-        proto: Proto::Udp,
-        src_port: 0,
-        dst_port: 9000,
-        tcp_flags: 0,
-    };
+    let base = env.udp_knock(mac_of(&env.client_if), IpAddr::V4(env.client_v4), 0);
     let frame = |port: u16| FrameSpec { src_port: port, ..base };
     let sh = |script: &str| {
         let st = Command::new("/bin/sh").args(["-c", script]).status().unwrap();
@@ -612,8 +404,7 @@ fn refused_client(env: &Env) {
 
 fn refused_server(env: &Env) {
     let mut ring = server_ring(env, &RingConfig::default(), &[], &[9000]);
-    let dir = TempDir::new("txlab").unwrap();
-    let mut client = env.start_client(&dir, &[]);
+    let mut client = env.start_client(&[]);
     let mut ports = Vec::new();
     read_ring(
         &mut ring,
