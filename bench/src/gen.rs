@@ -259,12 +259,16 @@ pub struct KnockEvent {
 }
 
 /// The legitimate knocks in send order: knocker `i` starts at
-/// `duration * (0.1 + 0.7 * i / n)` (spread over the middle of the run, the last one
-/// finishing well before the flood stops) and knocks every `gap`.
+/// `first + (0.8 * duration - first) * i / n`, where `first` is a tenth of the run but
+/// at most 10 s (so in long runs the daemon has met knockers well inside the first
+/// minute, and what comes after measures its steady state), the last one finishing
+/// well before the flood stops; each knocks every `gap`.
 pub fn legit_schedule(n: u32, steps: u32, duration: Duration, gap: Duration) -> Vec<KnockEvent> {
     let mut ev = Vec::with_capacity(n as usize * steps as usize);
+    let first = duration.mul_f64(0.1).min(Duration::from_secs(10));
+    let span = duration.mul_f64(0.8).saturating_sub(first);
     for k in 0..n {
-        let start = duration.mul_f64(0.1 + 0.7 * k as f64 / n.max(1) as f64);
+        let start = first + span.mul_f64(k as f64 / n.max(1) as f64);
         for s in 0..steps {
             ev.push(KnockEvent { at: start + gap * s, knocker: k, step: s });
         }
@@ -563,6 +567,10 @@ mod tests {
         assert_eq!(k7.iter().map(|e| e.step).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(k7[2].at - k7[0].at, Duration::from_millis(4));
         assert!(legit_schedule(0, 3, d, Duration::ZERO).is_empty());
+        // Long runs start knocking at 10 s, within the first minute.
+        let long = legit_schedule(50, 3, Duration::from_secs(600), Duration::from_millis(2));
+        assert_eq!(long[0].at, Duration::from_secs(10));
+        assert!(long.last().unwrap().at < Duration::from_secs(481));
     }
 
     #[test]

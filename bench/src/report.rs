@@ -86,6 +86,13 @@ pub struct RunResult {
     /// Last `VmRSS` sample minus the first one taken 60 s or more after the daemon
     /// started (the RSS-flatness check of long runs); `null` for runs under a minute.
     pub rss_growth_after_60s_kib: Option<i64>,
+    /// `RssAnon` (heap, stacks, tables; not program text paged in on first use)
+    /// sampled with `rss_series_kib`.
+    #[serde(default)]
+    pub rss_anon_series_kib: Vec<(f64, u64)>,
+    /// The same growth measure over `rss_anon_series_kib`.
+    #[serde(default)]
+    pub rss_anon_growth_after_60s_kib: Option<i64>,
     /// The generator's own counters.
     pub generator: GenSummary,
 }
@@ -181,6 +188,8 @@ pub(crate) fn sample_run(daemon: &str, rate: Option<u64>, ok: u64, cpu: f64) -> 
         daemon_log_bytes: 0,
         rss_series_kib: vec![(0.0, 1000), (1.0, 1200)],
         rss_growth_after_60s_kib: None,
+        rss_anon_series_kib: vec![(0.0, 800), (1.0, 900)],
+        rss_anon_growth_after_60s_kib: None,
         generator: GenSummary::default(),
     }
 }

@@ -293,9 +293,11 @@ impl Drop for FifoReader {
 const LOG_CAP_BYTES: u64 = 256 << 20;
 
 /// The RSS series and the log bytes emptied away.
-type SamplerOut = (Vec<(f64, u64)>, u64);
+/// `VmRSS` and `RssAnon` series, and the bytes of log emptied along the way.
+type SamplerOut = (Vec<(f64, u64)>, Vec<(f64, u64)>, u64);
 
-/// Samples the daemon's VmRSS once a second on a thread, and keeps its log file
+/// Samples the daemon's VmRSS (and its anonymous part, RssAnon: heap, stacks, tables,
+/// as opposed to program text paged in on first use) once a second on a thread, and keeps its log file
 /// under [`LOG_CAP_BYTES`].
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -308,13 +310,18 @@ impl RssSampler {
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut series = Vec::new();
+            let mut anon = Vec::new();
             let mut emptied = 0u64;
             let mut next = Duration::ZERO;
             while !flag.load(Ordering::Relaxed) {
                 if t0.elapsed() >= next {
+                    let t = round3(t0.elapsed().as_secs_f64());
                     match stats::status_kib(pid, "VmRSS") {
-                        Some(kib) => series.push((round3(t0.elapsed().as_secs_f64()), kib)),
+                        Some(kib) => series.push((t, kib)),
                         None => break,
+                    }
+                    if let Some(kib) = stats::status_kib(pid, "RssAnon") {
+                        anon.push((t, kib));
                     }
                     let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
                     if size > LOG_CAP_BYTES
@@ -330,7 +337,7 @@ impl RssSampler {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            (series, emptied)
+            (series, anon, emptied)
         });
         RssSampler { stop, thread: Some(thread) }
     }
@@ -465,7 +472,7 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     let cpu1 = stats::cpu_seconds(pid, ticks);
     let wall = traffic_start.elapsed().as_secs_f64();
     let peak = stats::status_kib(pid, "VmHWM");
-    let (rss_series, log_emptied) = sampler.finish();
+    let (rss_series, rss_anon_series, log_emptied) = sampler.finish();
     let running = daemon.is_running();
 
     let exit = if running {
@@ -539,7 +546,9 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         unexpected_commands: stray,
         daemon_log_bytes: log_bytes,
         rss_growth_after_60s_kib: rss_growth_after(&rss_series, 60.0),
+        rss_anon_growth_after_60s_kib: rss_growth_after(&rss_anon_series, 60.0),
         rss_series_kib: rss_series,
+        rss_anon_series_kib: rss_anon_series,
         generator: GenSummary {
             flood_sent: report.flood_sent,
             legit_frames_sent: report.legit_frames_sent,
@@ -567,8 +576,11 @@ pub fn summary_line(r: &RunResult) -> String {
         .map(|l| format!("p50 {:.1} ms p99 {:.1} ms max {:.1} ms", l.p50, l.p99, l.max))
         .unwrap_or_else(|| "no latency samples".into());
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    let growth =
-        r.rss_growth_after_60s_kib.map(|g| format!(", rss growth after 60 s {g:+} KiB")).unwrap_or_default();
+    let growth = match (r.rss_growth_after_60s_kib, r.rss_anon_growth_after_60s_kib) {
+        (Some(g), Some(a)) => format!(", rss growth after 60 s {g:+} KiB (anonymous {a:+} KiB)"),
+        (Some(g), None) => format!(", rss growth after 60 s {g:+} KiB"),
+        _ => String::new(),
+    };
     format!(
         "{:<8} {:>6} pps: offered {:.0} pps, delivered {:.0} pps, legit {}/{}, {lat}, cpu {:.2} s ({:.0}%), \
          peak rss {} KiB, kernel drops {}, evictions {}{growth}",

@@ -103,14 +103,15 @@ impl Sizing {
     }
 }
 
-/// One worker's ring, built and checked before the daemon commits to running.
+/// Everything built and checked before the daemon commits to running: each worker's
+/// ring and matcher (with its whole table allocated), so that `starting up` is
+/// logged only once the workers can keep up with what the rings already receive.
 struct Prepared {
     config: Arc<Config>,
     interface: String,
     doors: Arc<Doors>,
-    local: Vec<IpAddr>,
     sizing: Sizing,
-    rings: Vec<Ring>,
+    workers: Vec<(Ring, Matcher)>,
 }
 
 fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
@@ -132,7 +133,7 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
     // A random key in the fanout hash, so nobody can pick sources that all land on one worker.
     let key = RandomState::new().hash_one(std::process::id()) as u32;
     let group_id = (std::process::id() & 0xffff) as u16;
-    let mut rings = Vec::with_capacity(sizing.workers);
+    let mut workers = Vec::with_capacity(sizing.workers);
     for _ in 0..sizing.workers {
         let ring_config = RingConfig {
             block_size: config.tuning.ring_block_size,
@@ -143,9 +144,9 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
         };
         let ring = Ring::open(&interface, &ring_config, &program)
             .with_context(|| format!("could not open {interface} for capture"))?;
-        rings.push(ring);
+        workers.push((ring, Matcher::new(doors.clone(), local.clone(), sizing.budget)));
     }
-    Ok(Prepared { config: Arc::new(config), interface, doors, local, sizing, rings })
+    Ok(Prepared { config: Arc::new(config), interface, doors, sizing, workers })
 }
 
 /// What a worker is told to do between blocks.
@@ -168,7 +169,7 @@ struct Published {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(s: Settings) -> anyhow::Result<()> {
-    let Prepared { config, interface, doors, local, sizing, rings } = prepare(&s)?;
+    let Prepared { config, interface, doors, sizing, workers: prepared } = prepare(&s)?;
 
     // knockd writes a pid file only when it daemonises.
     let pid_file = s.daemonize.then(|| {
@@ -206,11 +207,11 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     let executor = Executor::start(ShellRunner, log.sender());
 
     let mut workers = Vec::new();
-    for (n, ring) in rings.into_iter().enumerate() {
+    for (n, (ring, matcher)) in prepared.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::unbounded();
         let published = Arc::new(Published::default());
         let worker = Worker {
-            matcher: Matcher::new(doors.clone(), local.clone(), sizing.budget),
+            matcher,
             sink: WorkerSink {
                 config: config.clone(),
                 log: log.clone(),
