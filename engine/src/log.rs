@@ -190,18 +190,7 @@ pub fn start(dest: Destinations, config: Arc<Config>) -> std::io::Result<(Log, L
         Some(p) => Some(open_log_file(p)?),
         None => None,
     };
-    let syslog = if dest.syslog {
-        let formatter = syslog::Formatter3164 {
-            facility: syslog::Facility::LOG_USER,
-            hostname: None,
-            // The ident knockd logs under, so syslog filters written for knockd keep working.
-            process: "knockd".into(),
-            pid: std::process::id(),
-        };
-        Some(syslog::unix(formatter).map_err(|e| std::io::Error::other(format!("cannot open syslog: {e}")))?)
-    } else {
-        None
-    };
+    let syslog = dest.syslog.then(Syslog::connect);
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
     let mut writer = Writer { file, syslog, stdout: dest.stdout, lookup: dest.lookup, config };
     let handle = std::thread::Builder::new()
@@ -219,9 +208,59 @@ fn open_log_file(path: &Path) -> std::io::Result<File> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display())))
 }
 
+/// The syslog destination. Like knockd (whose `syslog(3)` drops messages silently
+/// while no syslog daemon listens), the daemon keeps running when `/dev/log` is not
+/// there; it says so once on stderr and reconnects when syslog comes back.
+struct Syslog {
+    logger: Option<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
+    retry_at: std::time::Instant,
+    warned: bool,
+}
+
+impl Syslog {
+    fn connect() -> Syslog {
+        let mut s = Syslog { logger: None, retry_at: std::time::Instant::now(), warned: false };
+        s.reconnect();
+        s
+    }
+
+    fn reconnect(&mut self) {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_USER,
+            hostname: None,
+            // The ident knockd logs under, so syslog filters written for knockd keep working.
+            process: "knockd".into(),
+            pid: std::process::id(),
+        };
+        match syslog::unix(formatter) {
+            Ok(l) => self.logger = Some(l),
+            Err(e) => {
+                if !self.warned {
+                    eprintln!("sesamed: syslog is not available ({e}); will keep trying");
+                    self.warned = true;
+                }
+                self.retry_at = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            }
+        }
+    }
+
+    fn notice(&mut self, text: String) {
+        if self.logger.is_none() && std::time::Instant::now() >= self.retry_at {
+            self.reconnect();
+        }
+        if let Some(l) = &mut self.logger {
+            if l.notice(text).is_err() {
+                // The syslog daemon went away: try again later.
+                self.logger = None;
+                self.retry_at = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            }
+        }
+    }
+}
+
 struct Writer {
     file: Option<File>,
-    syslog: Option<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>,
+    syslog: Option<Syslog>,
     stdout: bool,
     lookup: bool,
     config: Arc<Config>,
@@ -272,8 +311,7 @@ impl Writer {
             let _ = f.write_all(file_line(msg, chrono::Local::now()).as_bytes());
         }
         if let Some(s) = &mut self.syslog {
-            let text = if msg.newline { format!("{}\n", msg.text) } else { msg.text.clone() };
-            let _ = s.notice(text);
+            s.notice(if msg.newline { format!("{}\n", msg.text) } else { msg.text.clone() });
         }
         if self.stdout {
             let mut out = std::io::stdout().lock();

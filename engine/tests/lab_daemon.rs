@@ -167,3 +167,31 @@ fn ipv6_knocks_run_the_ipv6_command() {
     let want = format!("four {}", lab.client_v4);
     assert!(wait_until(Duration::from_secs(5), || read(&out).contains(&want)), "out: {}", read(&out));
 }
+
+#[test]
+fn use_syslog_without_a_syslog_daemon_still_runs() {
+    if !sesame_lab::require_root("use_syslog_without_a_syslog_daemon_still_runs") {
+        return;
+    }
+    // Debian's stock knockd.conf says UseSyslog; knockd runs on when nothing listens on
+    // /dev/log, and so must sesamed (whether or not this machine runs a syslog daemon).
+    let lab = Lab::new("slg").unwrap();
+    let dir = TempDir::new("slg").unwrap();
+    let (conf, log, out) = (dir.join("k.conf"), dir.join("k.log"), dir.join("out"));
+    let text = format!("[options]\nUseSyslog\nLogFile = {}\n{}", log.display(), door("d", "7100,7200", &out));
+    std::fs::write(&conf, text).unwrap();
+    let mut daemon = ChildGuard::spawn(
+        lab.server
+            .command(SESAMED)
+            .args(["-i", &lab.server_if, "-c"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || read(&log).contains("starting up")), "log: {}", read(&log));
+    knock(&lab, &["7100", "7200"]);
+    assert!(wait_until(Duration::from_secs(5), || read(&out).contains("d 198.18.")), "log: {}", read(&log));
+    assert!(daemon.is_running());
+}
