@@ -32,12 +32,13 @@ fn knock(lab: &Lab, ports: &[&str]) {
     assert!(out.status.success(), "knock failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Starts sesamed in the foreground on the lab's server side and waits until its log
-/// says it is listening.
-fn start(lab: &Lab, conf: &Path, log: &Path) -> ChildGuard {
+/// Starts sesamed in the foreground on the lab's server side, with `flags` before
+/// knockd's `-i IF -c CONF`, and waits until its log says it is listening.
+fn start(lab: &Lab, conf: &Path, log: &Path, flags: &[&str]) -> ChildGuard {
     let daemon = ChildGuard::spawn(
         lab.server
             .command(SESAMED)
+            .args(flags)
             .args(["-i", &lab.server_if, "-c"])
             .arg(conf)
             .stdin(Stdio::null())
@@ -98,7 +99,7 @@ fn sighup_applies_a_good_config_and_keeps_the_running_one_when_bad() {
     let (conf, log, out) = (dir.join("k.conf"), dir.join("k.log"), dir.join("out"));
     let options = format!("[options]\nLogFile = {}\n", log.display());
     std::fs::write(&conf, format!("{options}{}", door("first", "7100,7200", &out))).unwrap();
-    let mut daemon = start(&lab, &conf, &log);
+    let mut daemon = start(&lab, &conf, &log, &[]);
 
     // A good config: the new door works, the old one is gone.
     std::fs::write(&conf, format!("{options}{}", door("second", "7300,7400", &out))).unwrap();
@@ -148,7 +149,7 @@ fn ipv6_knocks_run_the_ipv6_command() {
         ),
     )
     .unwrap();
-    let _daemon = start(&lab, &conf, &log);
+    let _daemon = start(&lab, &conf, &log, &[]);
     let v6 = lab.server_v6.to_string();
     let knock6 = lab.client.command(SESAME).args(["knock", "-6", &v6, "7100", "7200:udp"]).output().unwrap();
     assert!(knock6.status.success(), "{}", String::from_utf8_lossy(&knock6.stderr));
@@ -177,8 +178,32 @@ fn use_syslog_without_a_syslog_daemon_still_runs() {
     let (conf, log, out) = (dir.join("k.conf"), dir.join("k.log"), dir.join("out"));
     let text = format!("[options]\nUseSyslog\nLogFile = {}\n{}", log.display(), door("d", "7100,7200", &out));
     std::fs::write(&conf, text).unwrap();
-    let mut daemon = start(&lab, &conf, &log);
+    let mut daemon = start(&lab, &conf, &log, &[]);
     knock(&lab, &["7100", "7200"]);
     assert!(wait_until(Duration::from_secs(5), || read(&out).contains("d 198.18.")), "log: {}", read(&log));
     assert!(daemon.is_running());
+}
+
+#[test]
+fn only_ipv4_with_dash_4() {
+    if !sesame_lab::require_root("only_ipv4_with_dash_4") {
+        return;
+    }
+    let lab = Lab::new("v4o").unwrap();
+    let dir = TempDir::new("v4o").unwrap();
+    let (conf, log, out) = (dir.join("k.conf"), dir.join("k.log"), dir.join("out"));
+    std::fs::write(
+        &conf,
+        format!("[options]\nLogFile = {}\n{}", log.display(), door("d", "7100,7200", &out)),
+    )
+    .unwrap();
+    let _daemon = start(&lab, &conf, &log, &["-4"]);
+    let v6 = lab.server_v6.to_string();
+    let knock6 = lab.client.command(SESAME).args(["knock", "-6", &v6, "7100", "7200"]).output().unwrap();
+    assert!(knock6.status.success());
+    knock(&lab, &["7100", "7200"]);
+    let want = format!("d {}", lab.client_v4);
+    assert!(wait_until(Duration::from_secs(5), || read(&out).contains(&want)), "log: {}", read(&log));
+    assert!(!read(&log).contains(&lab.client_v6.to_string()), "-4 ignores IPv6: {}", read(&log));
+    assert_eq!(read(&out).lines().count(), 1, "{}", read(&out));
 }
