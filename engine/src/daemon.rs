@@ -222,7 +222,6 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
             ring,
             control: rx,
             published: published.clone(),
-            budget: sizing.budget,
             debug: s.debug,
             ipv6: !s.ipv4_only,
         };
@@ -460,7 +459,6 @@ struct Worker {
     ring: Ring,
     control: Receiver<Control>,
     published: Arc<Published>,
-    budget: usize,
     debug: bool,
     ipv6: bool,
 }
@@ -472,9 +470,14 @@ impl Worker {
         let mut batch = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
             if let Ok(Control::Reload { config, doors, local }) = self.control.try_recv() {
-                let matcher = Matcher::new(doors, local, self.budget);
-                self.ring.set_filter(&Program::knock(&matcher.filter_spec(self.ipv6))?)?;
-                self.matcher = matcher;
+                // Knocks in progress at doors the reload left alone go on (knockd drops
+                // them all); the table is reused, not allocated again.
+                let names = |c: &Config| c.doors.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+                let (old_names, new_names) = (names(&self.sink.config), names(&config));
+                let placeholder = Matcher::new(doors.clone(), Vec::new(), 0);
+                let old = std::mem::replace(&mut self.matcher, placeholder);
+                self.matcher = old.reload(doors, local, &old_names, &new_names);
+                self.ring.set_filter(&Program::knock(&self.matcher.filter_spec(self.ipv6))?)?;
                 self.sink.config = config;
                 generation = self.matcher.generation();
             }

@@ -608,6 +608,44 @@ impl Matcher {
         }
     }
 
+    /// The matcher for a reloaded configuration, taking over this one's table (no
+    /// second allocation) and the attempts in it whose door is still there: same
+    /// name, sequence, flags, target and timeout. `old_names` and `names` are the two
+    /// configurations' door names. Attempts at changed or removed doors end.
+    pub fn reload(
+        mut self,
+        doors: Arc<Doors>,
+        local: Vec<IpAddr>,
+        old_names: &[String],
+        names: &[String],
+    ) -> Matcher {
+        let placeholder = Tracker::with_buckets(1, ahash::RandomState::new());
+        let mut next = Matcher::with_tracker(doors, local, placeholder);
+        let same = |a: &DoorState, b: &DoorState| {
+            a.enabled
+                && b.enabled
+                && a.sequence == b.sequence
+                && a.flags == b.flags
+                && a.target == b.target
+                && a.seq_timeout == b.seq_timeout
+        };
+        let mut taken = vec![false; next.doors.len()];
+        let map: Vec<Option<DoorId>> = self
+            .doors
+            .iter()
+            .zip(old_names)
+            .map(|(od, on)| {
+                let i = (0..next.doors.len())
+                    .find(|&i| !taken[i] && names[i] == *on && same(od, &next.doors[i]))?;
+                taken[i] = true;
+                Some(i as DoorId)
+            })
+            .collect();
+        self.attempts.remap(|door| map.get(usize::from(door)).copied().flatten());
+        next.attempts = self.attempts;
+        next
+    }
+
     /// Fires every sequence timeout due at `now`.
     pub fn expire(&mut self, now: Secs, out: &mut impl Sink) {
         if self.has_one_time {
@@ -931,6 +969,38 @@ mod tests {
         assert_ne!(w2.generation(), generation, "the other worker rebuilds its filter");
         assert_eq!(w2.filter_spec(true).tcp_ports, vec![7100, 8100]);
         assert_eq!(opens(&run(&mut w2, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))])), vec![(B, 0)]);
+    }
+
+    #[test]
+    fn a_reload_keeps_attempts_at_unchanged_doors_only() {
+        let old_doors = vec![door("keep", "7000,8000,9000", 5), door("change", "7000,8100", 5)];
+        let mut old = matcher(old_doors);
+        run(&mut old, &[(1, tcp(A, 7000, SYN))]);
+        assert_eq!(old.in_progress(), 2);
+        // The new config reorders the doors, changes one and adds one.
+        let new_doors = vec![
+            door("new", "6000,6100", 5),
+            door("change", "7000,8200", 5),
+            door("keep", "7000,8000,9000", 5),
+        ];
+        let config = Config {
+            source: "t".into(),
+            options: Options::default(),
+            doors: new_doors.clone(),
+            tuning: Default::default(),
+        };
+        let names = |d: &[Door]| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+        let capacity = old.tracker().capacity();
+        let mut new = old.reload(
+            Doors::new(&config).unwrap(),
+            vec![US, OTHER_US],
+            &["keep".into(), "change".into()],
+            &names(&new_doors),
+        );
+        assert_eq!(new.tracker().capacity(), capacity, "the same table, not a new one");
+        assert_eq!(new.in_progress(), 1, "only the unchanged door's attempt carries over");
+        let ev = run(&mut new, &[(2, tcp(A, 8000, SYN)), (2, tcp(A, 9000, SYN))]);
+        assert_eq!(opens(&ev), vec![(A, 2)], "the knock continues at `keep`, now door 2: {ev:?}");
     }
 
     #[test]

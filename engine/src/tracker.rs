@@ -228,6 +228,25 @@ impl Tracker {
         }
     }
 
+    /// Renumbers doors in place (a config reload): `map` gives an attempt's new door,
+    /// or `None` to drop it.
+    pub fn remap(&mut self, map: impl Fn(DoorId) -> Option<DoorId>) {
+        for m in self.sets.iter_mut() {
+            for w in 0..WAYS {
+                if m.fp[w] == 0 {
+                    continue;
+                }
+                match map(m.door[w]) {
+                    Some(d) => m.door[w] = d,
+                    None => {
+                        m.fp[w] = 0;
+                        self.len -= 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// Removes every attempt at `door`.
     pub fn forget_door(&mut self, door: DoorId) {
         self.sweep(|_, d, _| d == door);

@@ -101,10 +101,23 @@ fn sighup_applies_a_good_config_and_keeps_the_running_one_when_bad() {
     std::fs::write(&conf, format!("{options}{}", door("first", "7100,7200", &out))).unwrap();
     let mut daemon = start(&lab, &conf, &log, &[]);
 
-    // A good config: the new door works, the old one is gone.
-    std::fs::write(&conf, format!("{options}{}", door("second", "7300,7400", &out))).unwrap();
+    // A knock half-way through a door the reload leaves alone goes on after it
+    // (knockd drops every attempt on SIGHUP).
+    knock(&lab, &["7100"]);
+    let both = format!("{options}{}{}", door("first", "7100,7200", &out), door("second", "7300,7400", &out));
+    std::fs::write(&conf, both).unwrap();
     daemon.signal("HUP").unwrap();
     assert!(wait_until(Duration::from_secs(5), || read(&log).contains("re-reading config file")));
+    std::thread::sleep(Duration::from_secs(1));
+    knock(&lab, &["7200"]);
+    assert!(wait_until(Duration::from_secs(5), || read(&out).contains("first ")), "log: {}", read(&log));
+    std::fs::remove_file(&out).unwrap();
+
+    // A good config: the new door works, the removed one is gone.
+    std::fs::write(&conf, format!("{options}{}", door("second", "7300,7400", &out))).unwrap();
+    daemon.signal("HUP").unwrap();
+    let rereads = || read(&log).matches("re-reading config file").count();
+    assert!(wait_until(Duration::from_secs(5), || rereads() == 2));
     // Workers pick a reload up between ring polls (at most 250 ms apart).
     std::thread::sleep(Duration::from_secs(1));
     knock(&lab, &["7300", "7400"]);
