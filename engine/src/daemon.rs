@@ -363,7 +363,7 @@ fn reload(s: &Settings, workers: &[WorkerHandle], log: &Log) {
         let doors = Doors::new(&config)?;
         let local = local_addresses(&interface.unwrap_or_else(|| DEFAULT_INTERFACE.into()), s.ipv4_only)?;
         // Check the filter builds before any worker switches.
-        Program::knock(&Matcher::new(doors.clone(), local.clone(), 0).filter_spec(!s.ipv4_only))?;
+        Program::knock(&doors.filter_spec(&local, !s.ipv4_only))?;
         Ok((config, doors, local))
     };
     match attempt() {
@@ -474,9 +474,7 @@ impl Worker {
                 // them all); the table is reused, not allocated again.
                 let names = |c: &Config| c.doors.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
                 let (old_names, new_names) = (names(&self.sink.config), names(&config));
-                let placeholder = Matcher::new(doors.clone(), Vec::new(), 0);
-                let old = std::mem::replace(&mut self.matcher, placeholder);
-                self.matcher = old.reload(doors, local, &old_names, &new_names);
+                self.matcher.reload(doors, local, &old_names, &new_names);
                 self.ring.set_filter(&Program::knock(&self.matcher.filter_spec(self.ipv6))?)?;
                 self.sink.config = config;
                 generation = self.matcher.generation();

@@ -195,9 +195,41 @@ impl Doors {
         self.initial.len()
     }
 
+    /// The kernel filter for these doors as configured, on our addresses `local`.
+    pub fn filter_spec(&self, local: &[IpAddr], ipv6: bool) -> FilterSpec {
+        filter_spec(&self.initial, local, ipv6)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.initial.is_empty()
     }
+}
+
+/// What the kernel filter must let through: every knock port of every enabled door,
+/// to our addresses (`local`) and the doors' targets.
+fn filter_spec(doors: &[DoorState], local: &[IpAddr], ipv6: bool) -> FilterSpec {
+    let mut spec = FilterSpec::default();
+    let mut add = |ip: IpAddr| match ip {
+        IpAddr::V4(a) if !spec.v4_dst.contains(&a) => spec.v4_dst.push(a),
+        IpAddr::V6(a) if ipv6 && !spec.v6_dst.contains(&a) => spec.v6_dst.push(a),
+        _ => {}
+    };
+    let enabled = doors.iter().filter(|d| d.enabled);
+    if enabled.clone().any(|d| d.target.is_none()) {
+        local.iter().copied().for_each(&mut add);
+    }
+    enabled.clone().filter_map(|d| d.target).for_each(&mut add);
+    for step in enabled.flat_map(|d| &d.sequence) {
+        match step.proto {
+            Proto::Tcp => spec.tcp_ports.push(step.port),
+            Proto::Udp => spec.udp_ports.push(step.port),
+        }
+    }
+    for ports in [&mut spec.tcp_ports, &mut spec.udp_ports] {
+        ports.sort_unstable();
+        ports.dedup();
+    }
+    spec
 }
 
 /// The matching-relevant part of a door, as one worker currently sees it.
@@ -247,10 +279,6 @@ impl DoorState {
 
     fn step_is(&self, i: usize, k: &Knock) -> bool {
         self.sequence.get(i).is_some_and(|s| s.port == k.dst_port && s.proto == k.proto)
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.enabled
     }
 }
 
@@ -360,10 +388,6 @@ impl Matcher {
         }
     }
 
-    pub fn doors(&self) -> &[DoorState] {
-        &self.doors
-    }
-
     pub fn stats(&self) -> MatchStats {
         MatchStats { tracker: self.attempts.stats(), ..self.stats }
     }
@@ -381,27 +405,9 @@ impl Matcher {
         self.generation
     }
 
-    /// What the kernel filter must let through: every knock port of every enabled door,
-    /// to our addresses and the doors' targets.
+    /// What the kernel filter must let through for this worker's doors now.
     pub fn filter_spec(&self, ipv6: bool) -> FilterSpec {
-        let mut spec = FilterSpec::default();
-        let mut add = |ip: IpAddr| match ip {
-            IpAddr::V4(a) if !spec.v4_dst.contains(&a) => spec.v4_dst.push(a),
-            IpAddr::V6(a) if ipv6 && !spec.v6_dst.contains(&a) => spec.v6_dst.push(a),
-            _ => {}
-        };
-        let enabled = self.doors.iter().filter(|d| d.enabled);
-        if enabled.clone().any(|d| d.target.is_none()) {
-            self.local.iter().copied().for_each(&mut add);
-        }
-        enabled.filter_map(|d| d.target).for_each(&mut add);
-        for (proto, port) in self.ports.ports() {
-            match proto {
-                Proto::Tcp => spec.tcp_ports.push(port),
-                Proto::Udp => spec.udp_ports.push(port),
-            }
-        }
-        spec
+        filter_spec(&self.doors, &self.local, ipv6)
     }
 
     /// Whether a packet to `dst` (which is one of ours iff `local`) addresses `door`.
@@ -608,19 +614,12 @@ impl Matcher {
         }
     }
 
-    /// The matcher for a reloaded configuration, taking over this one's table (no
-    /// second allocation) and the attempts in it whose door is still there: same
+    /// Switches to a reloaded configuration in place, keeping the table (no second
+    /// allocation), the counters, and the attempts whose door is still there: same
     /// name, sequence, flags, target and timeout. `old_names` and `names` are the two
     /// configurations' door names. Attempts at changed or removed doors end.
-    pub fn reload(
-        mut self,
-        doors: Arc<Doors>,
-        local: Vec<IpAddr>,
-        old_names: &[String],
-        names: &[String],
-    ) -> Matcher {
-        let placeholder = Tracker::with_buckets(1, ahash::RandomState::new());
-        let mut next = Matcher::with_tracker(doors, local, placeholder);
+    pub fn reload(&mut self, doors: Arc<Doors>, local: Vec<IpAddr>, old_names: &[String], names: &[String]) {
+        let next = doors.initial.clone();
         let same = |a: &DoorState, b: &DoorState| {
             a.enabled
                 && b.enabled
@@ -629,21 +628,24 @@ impl Matcher {
                 && a.target == b.target
                 && a.seq_timeout == b.seq_timeout
         };
-        let mut taken = vec![false; next.doors.len()];
+        let mut taken = vec![false; next.len()];
         let map: Vec<Option<DoorId>> = self
             .doors
             .iter()
             .zip(old_names)
             .map(|(od, on)| {
-                let i = (0..next.doors.len())
-                    .find(|&i| !taken[i] && names[i] == *on && same(od, &next.doors[i]))?;
+                let i = (0..next.len()).find(|&i| !taken[i] && names[i] == *on && same(od, &next[i]))?;
                 taken[i] = true;
                 Some(i as DoorId)
             })
             .collect();
         self.attempts.remap(|door| map.get(usize::from(door)).copied().flatten());
-        next.attempts = self.attempts;
-        next
+        self.ports = PortIndex::new(&next);
+        self.doors = next;
+        self.has_one_time = doors.one_time.iter().any(Option::is_some);
+        self.shared = doors;
+        self.local = local;
+        self.generation += 1;
     }
 
     /// Fires every sequence timeout due at `now`.
@@ -991,7 +993,8 @@ mod tests {
         };
         let names = |d: &[Door]| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
         let capacity = old.tracker().capacity();
-        let mut new = old.reload(
+        let mut new = old;
+        new.reload(
             Doors::new(&config).unwrap(),
             vec![US, OTHER_US],
             &["keep".into(), "change".into()],
