@@ -1,5 +1,6 @@
-//! The test lab: throw-away network namespaces joined by veth pairs, and real
-//! programs (sshd, iptables, knockd, sesamed) started inside them.
+//! The test lab: throw-away network namespaces joined by veth pairs, tun devices to
+//! inject raw IP packets through, and real programs (sshd, iptables, knockd, sesamed)
+//! started inside them; plus builders for IP packets with correct checksums.
 //!
 //! Every resource is owned by a guard whose `Drop` removes it, so a failing or
 //! panicking test still cleans up. Names carry the process id and a counter, so
@@ -8,8 +9,8 @@
 //! default route is ever added.
 #![deny(unsafe_code)]
 
-use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -277,6 +278,183 @@ impl Lab {
     }
 }
 
+/// A tun device (`IFF_TUN | IFF_NO_PI`) inside a namespace, created persistent with
+/// `ip tuntap add`, removed on drop (with the namespace, if that goes first).
+///
+/// Nothing holds it open between [`Tun::inject`] calls, so its carrier is off then;
+/// that does not stop it from being brought up and given addresses, or from capturing.
+#[derive(Debug)]
+pub struct Tun {
+    ns: String,
+    name: String,
+}
+
+/// Writes each hex line of stdin as one packet into the tun named by argv[1], after
+/// attaching to it with TUNSETIFF (IFF_TUN | IFF_NO_PI). The ifreq is padded to its
+/// full 40 bytes: the kernel copies that much.
+const TUN_INJECT_PY: &str = r#"import fcntl, os, struct, sys
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', sys.argv[1].encode(), 0x0001 | 0x1000))
+for line in sys.stdin:
+    line = line.strip()
+    if line:
+        os.write(fd, bytes.fromhex(line))
+os.close(fd)
+"#;
+
+impl Tun {
+    /// Creates tun `name` in `ns`, down and without addresses (`ns.ip(...)` sets those).
+    pub fn create(ns: &Netns, name: &str) -> io::Result<Tun> {
+        ns.ip(&["tuntap", "add", "dev", name, "mode", "tun"])?;
+        Ok(Tun { ns: ns.name().to_owned(), name: name.to_owned() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Injects each packet (starting at its IPv4/IPv6 header) as if received on the
+    /// tun: attaches with TUNSETIFF and writes it (with python3, in the namespace). The
+    /// tun must be up, or the kernel refuses the writes (EIO). Returns once every packet
+    /// was written; the kernel processes them right after (in softirq context).
+    pub fn inject(&self, packets: &[Vec<u8>]) -> io::Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "python3", "-c", TUN_INJECT_PY, &self.name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let mut input = String::new();
+        for p in packets {
+            for b in p {
+                input.push_str(&format!("{b:02x}"));
+            }
+            input.push('\n');
+        }
+        let written = child.stdin.take().expect("piped stdin").write_all(input.as_bytes());
+        let out = child.wait_with_output()?;
+        if !out.status.success() || written.is_err() {
+            return Err(io::Error::other(format!(
+                "injecting {} packets into tun {} in {} failed with {}: {}",
+                packets.len(),
+                self.name,
+                self.ns,
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tun {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.ns, "tuntap", "del", "dev", &self.name, "mode", "tun"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// An IPv4 or IPv6 packet carrying a bare 20-byte TCP header with `flags` (SYN is
+/// 0x02) from `src`:`sport` to `dst`:`dport`, checksums correct: what a tun or a
+/// `SOCK_DGRAM` capture holds. Panics if `src` and `dst` are of different families.
+pub fn ip_packet_tcp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = Vec::with_capacity(20);
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&1u32.to_be_bytes()); // sequence number
+    tcp.extend_from_slice(&0u32.to_be_bytes()); // acknowledgment number
+    tcp.extend_from_slice(&[0x50, flags]); // data offset 5 words, flags
+    tcp.extend_from_slice(&64240u16.to_be_bytes()); // window
+    tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+    ip_packet(src, dst, 6, tcp, 16)
+}
+
+/// An IPv4 or IPv6 packet carrying a UDP datagram with `payload` from `src`:`sport` to
+/// `dst`:`dport`, checksums correct. Panics if `src` and `dst` are of different families.
+pub fn ip_packet_udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(8 + payload.len()).expect("UDP datagram fits in 64 KiB");
+    let mut udp = Vec::with_capacity(usize::from(len));
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]); // checksum
+    udp.extend_from_slice(payload);
+    ip_packet(src, dst, 17, udp, 6)
+}
+
+/// `l4` (its checksum field, at `csum_at`, zero) behind an IP header, with the
+/// transport checksum over the pseudo-header filled in.
+fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, mut l4: Vec<u8>, csum_at: usize) -> Vec<u8> {
+    let len = u16::try_from(l4.len()).expect("transport segment fits in 64 KiB");
+    let mut pseudo = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&len.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("source {src} and destination {dst} are of different IP families"),
+    }
+    let mut sum = ones_sum(&pseudo, 0);
+    sum = ones_sum(&l4, sum);
+    let mut csum = !fold(sum);
+    // A computed UDP checksum of 0 is sent as all ones (0 means "none").
+    if proto == 17 && csum == 0 {
+        csum = 0xffff;
+    }
+    l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+    let mut p = Vec::with_capacity(40 + l4.len());
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = 20 + len;
+            p.extend_from_slice(&[0x45, 0]);
+            p.extend_from_slice(&total.to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0x40, 0]); // identification 0, DF
+            p.extend_from_slice(&[64, proto, 0, 0]); // TTL, protocol, checksum
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            let hcsum = !fold(ones_sum(&p, 0));
+            p[10..12].copy_from_slice(&hcsum.to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&[0x60, 0, 0, 0]);
+            p.extend_from_slice(&len.to_be_bytes());
+            p.extend_from_slice(&[proto, 64]);
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+        }
+        _ => unreachable!("families checked above"),
+    }
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// The 32-bit running sum of `bytes` as big-endian 16-bit words (odd length padded).
+fn ones_sum(bytes: &[u8], mut sum: u32) -> u32 {
+    for w in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]));
+    }
+    sum
+}
+
+/// Folds the carries of a running sum into 16 bits.
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
 /// A scratch directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir {
@@ -405,4 +583,76 @@ pub fn tcp_banner(ns: &Netns, addr: std::net::IpAddr, port: u16, timeout: Durati
 /// an `SSH-2.0` banner within `timeout`.
 pub fn ssh_reachable(ns: &Netns, addr: std::net::IpAddr, timeout: Duration) -> bool {
     tcp_banner(ns, addr, 22, timeout).starts_with("SSH-2.0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 0, last))
+    }
+
+    fn v6(last: u16) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last))
+    }
+
+    /// The ones'-complement sum over the pseudo-header and segment of a packet with a
+    /// correct checksum is 0xffff.
+    fn l4_checks_out(p: &[u8]) -> bool {
+        let (pseudo, l4) = if p[0] >> 4 == 4 {
+            let ihl = usize::from(p[0] & 0xf) * 4;
+            let l4 = &p[ihl..];
+            let mut ph = p[12..20].to_vec();
+            ph.extend_from_slice(&[0, p[9]]);
+            ph.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            (ph, l4)
+        } else {
+            let l4 = &p[40..];
+            let mut ph = p[8..40].to_vec();
+            ph.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, p[6]]);
+            (ph, l4)
+        };
+        fold(ones_sum(l4, ones_sum(&pseudo, 0))) == 0xffff
+    }
+
+    #[test]
+    fn ipv4_packets() {
+        let syn = ip_packet_tcp(v4(2), v4(1), 40000, 7000, 0x02);
+        assert_eq!(syn.len(), 40);
+        assert_eq!(&syn[..4], &[0x45, 0, 0, 40]);
+        assert_eq!(syn[9], 6);
+        assert_eq!(&syn[12..20], &[198, 18, 0, 2, 198, 18, 0, 1]);
+        assert_eq!(&syn[20..24], &[0x9c, 0x40, 0x1b, 0x58]);
+        assert_eq!(syn[33], 0x02);
+        assert_eq!(fold(ones_sum(&syn[..20], 0)), 0xffff, "IPv4 header checksum");
+        assert!(l4_checks_out(&syn));
+        let udp = ip_packet_udp(v4(2), v4(1), 40000, 9000, b"knock");
+        assert_eq!(udp.len(), 20 + 8 + 5);
+        assert_eq!((udp[9], &udp[24..26]), (17, &[0u8, 13][..]));
+        assert_eq!(fold(ones_sum(&udp[..20], 0)), 0xffff);
+        assert!(l4_checks_out(&udp));
+        assert_ne!(&udp[26..28], &[0, 0], "UDP over IPv4 carries a checksum too");
+    }
+
+    #[test]
+    fn ipv6_packets() {
+        let syn = ip_packet_tcp(v6(2), v6(1), 40000, 7000, 0x02);
+        assert_eq!(syn.len(), 60);
+        assert_eq!(&syn[..8], &[0x60, 0, 0, 0, 0, 20, 6, 64]);
+        assert_eq!(&syn[8..24], &Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets());
+        assert!(l4_checks_out(&syn));
+        // Odd payload length: the pad byte counts as zero.
+        let udp = ip_packet_udp(v6(2), v6(1), 40000, 9000, b"odd");
+        assert_eq!(udp.len(), 40 + 8 + 3);
+        assert_eq!(&udp[4..7], &[0, 11, 17]);
+        assert!(l4_checks_out(&udp));
+    }
+
+    #[test]
+    #[should_panic(expected = "different IP families")]
+    fn mixed_families_panic() {
+        ip_packet_udp(v4(1), v6(1), 1, 2, b"");
+    }
 }
