@@ -40,6 +40,25 @@ pub enum CaptureError {
     /// Listing the interface addresses (`getifaddrs`) failed.
     #[error("getifaddrs: {0}")]
     Addresses(#[source] io::Error),
+
+    /// The interface's hardware type (`ARPHRD_*`) is neither Ethernet-like nor one
+    /// that carries bare IP packets, so no filter or parser fits its frames.
+    #[error("interface {ifname} has link type {arphrd} (ARPHRD_*), neither Ethernet nor raw IP")]
+    UnsupportedLink { ifname: String, arphrd: u16 },
+
+    /// The ring's interface went down or was deleted: the kernel set `ENETDOWN` on the
+    /// socket. Reported once; if the interface comes back up (same index) the ring
+    /// receives again, if it was deleted it never will.
+    #[error("interface {ifname} went down or was removed")]
+    InterfaceDown { ifname: String },
+
+    /// The rtnetlink socket of the link watcher failed; `op` names the call.
+    #[error("{op} on the rtnetlink socket: {source}")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CaptureError {
@@ -50,7 +69,9 @@ impl CaptureError {
     /// The OS error behind this error, if there is one.
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
-            CaptureError::Sys { source, .. } | CaptureError::Addresses(source) => Some(source),
+            CaptureError::Sys { source, .. }
+            | CaptureError::Addresses(source)
+            | CaptureError::Netlink { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -22,6 +22,11 @@
 //! `bpf_internal_load_pointer_neg_helper()`, which on older kernels reaches only the
 //! skb's linear part, and how much of a frame is linear is up to the driver.
 //!
+//! The same program serves a [`Link::Ip`](crate::Link::Ip) ring (tun, WireGuard, PPP):
+//! there the network header is where the packet starts, and the device sets
+//! `skb->protocol` to `ETH_P_IP`/`ETH_P_IPV6` (tun with `IFF_NO_PI` from the version
+//! nibble), so the program reads the same protocol and the same offsets.
+//!
 //! Frames the host sends pass through the group too (the fanout hook does not honour a
 //! member's `PACKET_IGNORE_OUTGOING`; only `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` on the
 //! group keeps them out), with offsets counting from the MAC header: they hash on other
@@ -160,6 +165,7 @@ mod tests {
     use super::*;
     use crate::craft::{write_frame, FrameSpec, MAX_FRAME_LEN};
     use crate::frame::{tcp_flags, Proto};
+    use crate::link::Link;
 
     const KEY: u32 = 0x5eed_1234;
 
@@ -230,6 +236,25 @@ mod tests {
             assert_eq!(p.run_as(&tagged(&f, 0x8100), Hook::Fanout), want, "{src} tagged");
             assert_eq!(p.run_as(&tagged(&f, 0x88a8), Hook::Fanout), want, "{src} tagged");
         }
+    }
+
+    /// On a raw-IP link (tun: no link-layer header, skb->protocol from the version
+    /// nibble) the program, unchanged, hashes the same source the same way.
+    #[test]
+    fn raw_ip_links_hash_the_same() {
+        let p = source_hash_program(KEY);
+        let mut rng = Rng(6);
+        for i in 0..1000 {
+            let src = if i % 2 == 0 { rng.v4() } else { rng.v6() };
+            let f = frame(src, dst_for(src), if i % 3 == 0 { Proto::Tcp } else { Proto::Udp }, 1, 2);
+            let packet = &f[14..];
+            assert_eq!(p.run_on(packet, Link::Ip, Hook::Fanout), source_hash(KEY, src), "{src}");
+        }
+        // Cut before the end of the source address: member 0, as for Ethernet.
+        let src = IpAddr::V4(Ipv4Addr::new(198, 18, 7, 7));
+        let f = frame(src, dst_for(src), Proto::Tcp, 1, 2);
+        assert_eq!(p.run_on(&f[14..14 + 15], Link::Ip, Hook::Fanout), 0);
+        assert_eq!(p.run_on(&f[14..14 + 16], Link::Ip, Hook::Fanout), source_hash(KEY, src));
     }
 
     #[test]

@@ -2,15 +2,17 @@
 //! a knock?" filter, a tiny label assembler that keeps conditional jumps within their
 //! 8-bit range, and a userspace interpreter so programs are tested without a kernel.
 //!
-//! The knock filter passes what knockd's pcap filter passes: Ethernet frames, untagged
-//! or with one in-frame 802.1Q/802.1ad tag, carrying IPv4 (not a non-first fragment) or
-//! IPv6 to one of our addresses, with TCP or UDP to a listed port. IPv6 packets whose
+//! The knock filter passes what knockd's pcap filter passes: IPv4 (not a non-first
+//! fragment) or IPv6 to one of our addresses, with TCP or UDP to a listed port, in
+//! Ethernet frames, untagged or with one in-frame 802.1Q/802.1ad tag, or, on a
+//! [`Link::Ip`] ring, as bare packets starting at the IP header. IPv6 packets whose
 //! first next header is an extension header pass on the address alone; userspace walks
-//! the chain.
+//! the chain. Only the link-layer prologue differs between the two links.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::error::CaptureError;
+use crate::link::Link;
 use crate::sys;
 
 /// The kernel's limit on classic BPF program length (`BPF_MAXINSNS`).
@@ -125,32 +127,22 @@ const SEARCH_LEAF: usize = 4;
 const SEARCH_LOCAL: usize = 128;
 
 impl Program {
-    /// The filter that passes exactly the frames that can be knocks for `spec`.
-    pub fn knock(spec: &FilterSpec) -> Result<Program, CaptureError> {
+    /// The filter that passes exactly the frames that can be knocks for `spec`, on a
+    /// ring whose frames start as `link` says.
+    pub fn knock(spec: &FilterSpec, link: Link) -> Result<Program, CaptureError> {
         let mut a = Asm::default();
         let accept = a.label();
         let reject = a.label();
-        let vlan = a.label();
         let l4 = a.label();
         let tcp = a.label();
         let udp = a.label();
         let has_v4 = !spec.v4_dst.is_empty();
         let has_v6 = !spec.v6_dst.is_empty();
-        let ip4 = [a.label(), a.label()];
-        let ip6 = [a.label(), a.label()];
-        let v4_or = |l: Label| if has_v4 { To(l) } else { To(reject) };
-        let v6_or = |l: Label| if has_v6 { To(l) } else { To(reject) };
-
-        // Link layer: untagged, or one 802.1Q / 802.1ad tag in the frame.
-        a.stmt(op::LD | op::H | op::ABS, 12);
-        a.jump(op::JEQ, ETH_P_8021Q, To(vlan), Next);
-        a.jump(op::JEQ, ETH_P_8021AD, To(vlan), Next);
-        a.jump(op::JEQ, ETH_P_IP, v4_or(ip4[0]), Next);
-        a.jump(op::JEQ, ETH_P_IPV6, v6_or(ip6[0]), To(reject));
-        a.bind(vlan);
-        a.stmt(op::LD | op::H | op::ABS, 16);
-        a.jump(op::JEQ, ETH_P_IP, v4_or(ip4[1]), Next);
-        a.jump(op::JEQ, ETH_P_IPV6, v6_or(ip6[1]), To(reject));
+        // Where an IP header may start: its IPv4 and IPv6 entry points and its offset.
+        let starts = match link {
+            Link::Ethernet => ethernet_prologue(&mut a, has_v4, has_v6, reject),
+            Link::Ip => ip_prologue(&mut a, has_v4, has_v6, reject),
+        };
 
         let mut v4 = spec.v4_dst.clone();
         v4.sort_unstable();
@@ -158,13 +150,13 @@ impl Program {
         let mut v6 = spec.v6_dst.clone();
         v6.sort_unstable();
         v6.dedup();
-        for (i, base) in [14u32, 18].into_iter().enumerate() {
+        for IpStart { v4: ip4, v6: ip6, base } in starts {
             if has_v4 {
-                a.bind(ip4[i]);
+                a.bind(ip4);
                 ipv4(&mut a, base, &v4, l4, reject);
             }
             if has_v6 {
-                a.bind(ip6[i]);
+                a.bind(ip6);
                 ipv6(&mut a, base, &v6, l4, accept, reject);
             }
         }
@@ -262,9 +254,9 @@ impl Program {
         self.run_as(packet, Hook::Socket)
     }
 
-    /// Runs the program over a received `frame` (as a ring captures it: from the MAC
-    /// header, the outer VLAN tag already taken out) the way `hook` hands it to the
-    /// program, and returns what it returns.
+    /// Runs the program over a received Ethernet `frame` (as a ring captures it: from
+    /// the MAC header, the outer VLAN tag already taken out) the way `hook` hands it to
+    /// the program, and returns what it returns.
     ///
     /// Loads at [`skf::LL_OFF`] and [`skf::NET_OFF`] count from the MAC and network
     /// headers, and the ancillary [`skf::AD_PROTOCOL`] is the frame's ethertype (bytes
@@ -272,7 +264,19 @@ impl Program {
     /// The frame is taken as linear: the kernel's LL/NET-relative loads only reach the
     /// skb's linear part, and fail (the program returns 0) past it.
     pub fn run_as(&self, frame: &[u8], hook: Hook) -> u32 {
-        let skb = Skb::new(frame, hook);
+        self.run_on(frame, Link::Ethernet, hook)
+    }
+
+    /// Runs the program over a received frame of a `link` ring, the way `hook` hands it
+    /// to the program; for [`Link::Ethernet`] this is [`run_as`](Self::run_as).
+    ///
+    /// For [`Link::Ip`], `frame` is the packet from its IP header on, as a tun or
+    /// WireGuard device receives it: no link-layer header, so a `SOCK_DGRAM` socket
+    /// filter and a fanout program both see it from its first byte, the MAC and network
+    /// headers are both there, and `skb->protocol` follows the version nibble
+    /// (`ETH_P_IP`, `ETH_P_IPV6`, else 0), as tun_get_user() sets it for `IFF_NO_PI`.
+    pub fn run_on(&self, frame: &[u8], link: Link, hook: Hook) -> u32 {
+        let skb = Skb::new(frame, link, hook);
         let packet = skb.data;
         let (mut a, mut x) = (0u32, 0u32);
         let mut mem = [0u32; 16];
@@ -374,11 +378,14 @@ impl Program {
     }
 }
 
-/// How the kernel hands a received frame to a classic BPF program.
+/// How the kernel hands a received frame to a classic BPF program. (On a
+/// [`Link::Ip`] ring both hooks see the packet from the IP header: see
+/// [`Program::run_on`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
     /// A socket filter on a packet socket (`SO_ATTACH_FILTER`): `packet_rcv()` pushes
-    /// the link-layer header back first, so offsets count from the MAC header.
+    /// the link-layer header back first for a `SOCK_RAW` socket, so offsets count from
+    /// the MAC header (for `SOCK_DGRAM`, from the network header).
     Socket,
     /// A `PACKET_FANOUT_CBPF` program on receive: `packet_rcv_fanout()` runs it on the
     /// skb as it came up the receive path, so offsets count from the network header,
@@ -410,7 +417,15 @@ struct Skb<'a> {
 }
 
 impl<'a> Skb<'a> {
-    fn new(frame: &'a [u8], hook: Hook) -> Skb<'a> {
+    fn new(frame: &'a [u8], link: Link, hook: Hook) -> Skb<'a> {
+        if link == Link::Ip {
+            let protocol = match frame.first().map(|b| b >> 4) {
+                Some(4) => ETH_P_IP as u16,
+                Some(6) => ETH_P_IPV6 as u16,
+                _ => 0,
+            };
+            return Skb { data: frame, mac: frame, net: frame, protocol };
+        }
         let net = frame.get(14..).unwrap_or(&[]);
         let protocol = frame.get(12..14).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
         let data = match hook {
@@ -442,7 +457,46 @@ impl<'a> Skb<'a> {
     }
 }
 
-/// IPv4 at L2 offset `base`: destination, fragment offset, then to `l4` with
+/// One place an IP header may start in a frame: the labels the prologue jumps to for
+/// IPv4 and IPv6 there, and its offset.
+struct IpStart {
+    v4: Label,
+    v6: Label,
+    base: u32,
+}
+
+/// Ethernet: untagged, or one 802.1Q / 802.1ad tag in the frame; the IP header at 14 or 18.
+fn ethernet_prologue(a: &mut Asm, has_v4: bool, has_v6: bool, reject: Label) -> Vec<IpStart> {
+    let starts = [14u32, 18].map(|base| IpStart { v4: a.label(), v6: a.label(), base });
+    let vlan = a.label();
+    let v4_or = |l: Label| if has_v4 { To(l) } else { To(reject) };
+    let v6_or = |l: Label| if has_v6 { To(l) } else { To(reject) };
+    a.stmt(op::LD | op::H | op::ABS, 12);
+    a.jump(op::JEQ, ETH_P_8021Q, To(vlan), Next);
+    a.jump(op::JEQ, ETH_P_8021AD, To(vlan), Next);
+    a.jump(op::JEQ, ETH_P_IP, v4_or(starts[0].v4), Next);
+    a.jump(op::JEQ, ETH_P_IPV6, v6_or(starts[0].v6), To(reject));
+    a.bind(vlan);
+    a.stmt(op::LD | op::H | op::ABS, 16);
+    a.jump(op::JEQ, ETH_P_IP, v4_or(starts[1].v4), Next);
+    a.jump(op::JEQ, ETH_P_IPV6, v6_or(starts[1].v6), To(reject));
+    starts.into()
+}
+
+/// Raw IP (a `SOCK_DGRAM` ring): the IP header at 0, its version in the high nibble of
+/// the first byte (the version checks of `ipv4`/`ipv6` then see the same byte).
+fn ip_prologue(a: &mut Asm, has_v4: bool, has_v6: bool, reject: Label) -> Vec<IpStart> {
+    let start = IpStart { v4: a.label(), v6: a.label(), base: 0 };
+    let v4 = if has_v4 { To(start.v4) } else { To(reject) };
+    let v6 = if has_v6 { To(start.v6) } else { To(reject) };
+    a.stmt(op::LD | op::B | op::ABS, 0);
+    a.stmt(op::ALU | op::RSH | op::K, 4);
+    a.jump(op::JEQ, 4, v4, Next);
+    a.jump(op::JEQ, 6, v6, To(reject));
+    vec![start]
+}
+
+/// IPv4 at frame offset `base`: destination, fragment offset, then to `l4` with
 /// A = protocol and X = offset of the L4 header.
 fn ipv4(a: &mut Asm, base: u32, dsts: &[Ipv4Addr], l4: Label, reject: Label) {
     let ok = a.label();
@@ -467,7 +521,7 @@ fn ipv4(a: &mut Asm, base: u32, dsts: &[Ipv4Addr], l4: Label, reject: Label) {
     a.ja(l4);
 }
 
-/// IPv6 at L2 offset `base`: destination, then extension headers to `accept`, or to
+/// IPv6 at frame offset `base`: destination, then extension headers to `accept`, or to
 /// `l4` with A = next header and X = offset of the L4 header.
 fn ipv6(a: &mut Asm, base: u32, dsts: &[Ipv6Addr], l4: Label, accept: Label, reject: Label) {
     let ok = a.label();
@@ -787,32 +841,56 @@ mod tests {
         f
     }
 
+    /// Both links: the tests build Ethernet frames, and a [`Link::Ip`] ring holds
+    /// them without their (untagged) Ethernet header.
+    const LINKS: [Link; 2] = [Link::Ethernet, Link::Ip];
+
+    /// `frame`, built with an untagged Ethernet header, as a `link` ring holds it.
+    fn as_link(frame: &[u8], link: Link) -> &[u8] {
+        match link {
+            Link::Ethernet => frame,
+            Link::Ip => &frame[14..],
+        }
+    }
+
+    /// Whether `p`, the socket filter of a `link` ring, passes `frame` (built with an
+    /// untagged Ethernet header).
+    fn passes_on(p: &Program, link: Link, frame: &[u8]) -> bool {
+        p.run_on(as_link(frame, link), link, Hook::Socket) != 0
+    }
+
     fn passes(p: &Program, frame: &[u8]) -> bool {
-        p.run(frame) != 0
+        passes_on(p, Link::Ethernet, frame)
     }
 
     #[test]
     fn knock_to_listed_tcp_port_passes() {
-        let p = Program::knock(&spec()).unwrap();
-        assert_eq!(p.run(&v4(V4::default())), SNAP_LEN);
-        assert!(passes(&p, &v4(V4 { dport: 8000, ..V4::default() })));
-        assert!(passes(&p, &v4(V4 { proto: 17, dport: 9000, ..V4::default() })));
+        for link in LINKS {
+            let p = Program::knock(&spec(), link).unwrap();
+            let frame = v4(V4::default());
+            assert_eq!(p.run_on(as_link(&frame, link), link, Hook::Socket), SNAP_LEN, "{link}");
+            assert!(passes_on(&p, link, &v4(V4 { dport: 8000, ..V4::default() })), "{link}");
+            assert!(passes_on(&p, link, &v4(V4 { proto: 17, dport: 9000, ..V4::default() })), "{link}");
+        }
     }
 
     #[test]
     fn unlisted_port_wrong_dst_and_wrong_protocol_are_rejected() {
-        let p = Program::knock(&spec()).unwrap();
-        assert!(!passes(&p, &v4(V4 { dport: 7001, ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { dport: 9000, ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { dst: OTHER4, ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { proto: 17, dport: 7000, ..V4::default() })));
-        // ICMP to us.
-        assert!(!passes(&p, &v4(V4 { proto: 1, ..V4::default() })));
+        for link in LINKS {
+            let p = Program::knock(&spec(), link).unwrap();
+            let passes = |f: &[u8]| passes_on(&p, link, f);
+            assert!(!passes(&v4(V4 { dport: 7001, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { dport: 9000, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { dst: OTHER4, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { proto: 17, dport: 7000, ..V4::default() })), "{link}");
+            // ICMP to us.
+            assert!(!passes(&v4(V4 { proto: 1, ..V4::default() })), "{link}");
+        }
     }
 
     #[test]
     fn one_vlan_tag_is_looked_through() {
-        let p = Program::knock(&spec()).unwrap();
+        let p = Program::knock(&spec(), Link::Ethernet).unwrap();
         assert!(passes(&p, &v4(V4 { vlan: Some(100), ..V4::default() })));
         assert!(!passes(&p, &v4(V4 { vlan: Some(100), dport: 7001, ..V4::default() })));
         let mut ad = v4(V4 { vlan: Some(100), ..V4::default() });
@@ -826,73 +904,121 @@ mod tests {
 
     #[test]
     fn fragments_and_options() {
-        let p = Program::knock(&spec()).unwrap();
-        // Non-first fragment: rejected, whatever its bytes look like.
-        assert!(!passes(&p, &v4(V4 { frag: 0x0001, ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { frag: 0x2000 | 0x0100, ..V4::default() })));
-        // First fragment (MF set, offset 0) carries the header: passes.
-        assert!(passes(&p, &v4(V4 { frag: 0x2000, ..V4::default() })));
-        // DF does not matter.
-        assert!(passes(&p, &v4(V4 { frag: 0x4000, ..V4::default() })));
-        // IHL 6: the port is found after the options.
-        assert!(passes(&p, &v4(V4 { options: 4, ..V4::default() })));
+        for link in LINKS {
+            let p = Program::knock(&spec(), link).unwrap();
+            let passes = |f: &[u8]| passes_on(&p, link, f);
+            // Non-first fragment: rejected, whatever its bytes look like.
+            assert!(!passes(&v4(V4 { frag: 0x0001, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { frag: 0x2000 | 0x0100, ..V4::default() })), "{link}");
+            // First fragment (MF set, offset 0) carries the header: passes.
+            assert!(passes(&v4(V4 { frag: 0x2000, ..V4::default() })), "{link}");
+            // DF does not matter.
+            assert!(passes(&v4(V4 { frag: 0x4000, ..V4::default() })), "{link}");
+            // IHL 6: the port is found after the options.
+            assert!(passes(&v4(V4 { options: 4, ..V4::default() })), "{link}");
+            assert!(passes(&v4(V4 { options: 40, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { options: 4, dport: 7001, ..V4::default() })), "{link}");
+            // IHL < 5 is not IPv4.
+            let mut bad = v4(V4::default());
+            bad[14] = 0x44;
+            assert!(!passes(&bad), "{link}");
+        }
+        let p = Program::knock(&spec(), Link::Ethernet).unwrap();
         assert!(passes(&p, &v4(V4 { options: 40, vlan: Some(5), ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { options: 4, dport: 7001, ..V4::default() })));
-        // IHL < 5 is not IPv4.
-        let mut bad = v4(V4::default());
-        bad[14] = 0x44;
-        assert!(!passes(&p, &bad));
     }
 
     #[test]
     fn ipv6() {
-        let p = Program::knock(&spec()).unwrap();
-        assert!(passes(&p, &v6(SERVER6, 6, 7000, false)));
-        assert!(passes(&p, &v6(LINK6, 17, 9000, false)));
-        assert!(!passes(&p, &v6(SERVER6, 6, 7001, false)));
-        assert!(!passes(&p, &v6(SERVER6, 17, 8000, false)));
-        assert!(!passes(&p, &v6(CLIENT6, 6, 7000, false)));
-        // Extension header: the address decides, userspace walks the chain.
-        assert!(passes(&p, &v6(SERVER6, 6, 7000, true)));
-        assert!(passes(&p, &v6(SERVER6, 6, 1, true)));
-        assert!(!passes(&p, &v6(CLIENT6, 6, 7000, true)));
-        // ICMPv6 (58) is not a knock.
-        assert!(!passes(&p, &v6(SERVER6, 58, 7000, false)));
+        for link in LINKS {
+            let p = Program::knock(&spec(), link).unwrap();
+            let passes = |f: &[u8]| passes_on(&p, link, f);
+            assert!(passes(&v6(SERVER6, 6, 7000, false)), "{link}");
+            assert!(passes(&v6(LINK6, 17, 9000, false)), "{link}");
+            assert!(!passes(&v6(SERVER6, 6, 7001, false)), "{link}");
+            assert!(!passes(&v6(SERVER6, 17, 8000, false)), "{link}");
+            assert!(!passes(&v6(CLIENT6, 6, 7000, false)), "{link}");
+            // Extension header: the address decides, userspace walks the chain.
+            assert!(passes(&v6(SERVER6, 6, 7000, true)), "{link}");
+            assert!(passes(&v6(SERVER6, 6, 1, true)), "{link}");
+            assert!(!passes(&v6(CLIENT6, 6, 7000, true)), "{link}");
+            // ICMPv6 (58) is not a knock.
+            assert!(!passes(&v6(SERVER6, 58, 7000, false)), "{link}");
+        }
     }
 
     #[test]
     fn empty_address_families_pass_nothing() {
-        let only6 = Program::knock(&FilterSpec { v4_dst: vec![], ..spec() }).unwrap();
-        assert!(!passes(&only6, &v4(V4::default())));
-        assert!(passes(&only6, &v6(SERVER6, 6, 7000, false)));
-        let only4 = Program::knock(&FilterSpec { v6_dst: vec![], ..spec() }).unwrap();
-        assert!(passes(&only4, &v4(V4::default())));
-        assert!(!passes(&only4, &v6(SERVER6, 6, 7000, false)));
-        let no_udp = Program::knock(&FilterSpec { udp_ports: vec![], ..spec() }).unwrap();
-        assert!(!passes(&no_udp, &v4(V4 { proto: 17, dport: 9000, ..V4::default() })));
-        assert!(passes(&no_udp, &v4(V4::default())));
-        let nothing = Program::knock(&FilterSpec::default()).unwrap();
-        assert!(!passes(&nothing, &v4(V4::default())));
+        for link in LINKS {
+            let only6 = Program::knock(&FilterSpec { v4_dst: vec![], ..spec() }, link).unwrap();
+            assert!(!passes_on(&only6, link, &v4(V4::default())), "{link}");
+            assert!(passes_on(&only6, link, &v6(SERVER6, 6, 7000, false)), "{link}");
+            let only4 = Program::knock(&FilterSpec { v6_dst: vec![], ..spec() }, link).unwrap();
+            assert!(passes_on(&only4, link, &v4(V4::default())), "{link}");
+            assert!(!passes_on(&only4, link, &v6(SERVER6, 6, 7000, false)), "{link}");
+            let no_udp = Program::knock(&FilterSpec { udp_ports: vec![], ..spec() }, link).unwrap();
+            assert!(!passes_on(&no_udp, link, &v4(V4 { proto: 17, dport: 9000, ..V4::default() })), "{link}");
+            assert!(passes_on(&no_udp, link, &v4(V4::default())), "{link}");
+            let nothing = Program::knock(&FilterSpec::default(), link).unwrap();
+            assert!(!passes_on(&nothing, link, &v4(V4::default())), "{link}");
+        }
     }
 
     #[test]
     fn arp_and_truncated_frames_are_rejected() {
-        let p = Program::knock(&spec()).unwrap();
-        let mut arp = eth(0x0806, None);
-        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-        arp.extend_from_slice(&[0; 20]);
-        assert!(!passes(&p, &arp));
-        let full = v4(V4::default());
-        // Cut anywhere before the end of the destination port: rejected.
-        for len in 0..14 + 20 + 4 {
-            assert!(!passes(&p, &full[..len]), "truncated to {len}");
+        for link in LINKS {
+            let p = Program::knock(&spec(), link).unwrap();
+            let run = |f: &[u8]| p.run_on(f, link, Hook::Socket) != 0;
+            let mut arp = eth(0x0806, None);
+            arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            arp.extend_from_slice(&[0; 20]);
+            assert!(!run(as_link(&arp, link)), "{link}");
+            let full = v4(V4::default());
+            let full = as_link(&full, link);
+            let l3 = full.len() - 20 - 20;
+            // Cut anywhere before the end of the destination port: rejected.
+            for len in 0..l3 + 20 + 4 {
+                assert!(!run(&full[..len]), "{link}: truncated to {len}");
+            }
+            assert!(run(&full[..l3 + 20 + 4]), "{link}");
+            let full6 = v6(SERVER6, 17, 9000, false);
+            let full6 = as_link(&full6, link);
+            let l3 = full6.len() - 40 - 8;
+            for len in 0..l3 + 40 + 4 {
+                assert!(!run(&full6[..len]), "{link}: truncated to {len}");
+            }
+            assert!(!run(&[]), "{link}");
         }
-        assert!(passes(&p, &full[..14 + 20 + 4]));
-        let full6 = v6(SERVER6, 17, 9000, false);
-        for len in 0..14 + 40 + 4 {
-            assert!(!passes(&p, &full6[..len]), "truncated to {len}");
+    }
+
+    /// What only a raw-IP ring sees: the version nibble is all there is to go by.
+    #[test]
+    fn raw_ip_versions() {
+        let p = Program::knock(&spec(), Link::Ip).unwrap();
+        let good = v4(V4::default());
+        let good6 = v6(SERVER6, 6, 7000, false);
+        for version in [0u8, 1, 5, 7, 15] {
+            let mut bad = good[14..].to_vec();
+            bad[0] = version << 4 | 5;
+            assert_eq!(p.run_on(&bad, Link::Ip, Hook::Socket), 0, "version {version}");
         }
-        assert!(!passes(&p, &[]));
+        // An IPv6 packet labelled 4 (and the reverse) fails the other family's checks.
+        let mut v6_as_4 = good6[14..].to_vec();
+        v6_as_4[0] = 0x45;
+        assert_eq!(p.run_on(&v6_as_4, Link::Ip, Hook::Socket), 0);
+        let mut v4_as_6 = good[14..].to_vec();
+        v4_as_6[0] = 0x65;
+        assert_eq!(p.run_on(&v4_as_6, Link::Ip, Hook::Socket), 0);
+        // Each link's program on the other link's frames: nothing passes.
+        let eth_prog = Program::knock(&spec(), Link::Ethernet).unwrap();
+        for f in [&good, &good6] {
+            assert_ne!(eth_prog.run(f), 0);
+            assert_eq!(eth_prog.run(&f[14..]), 0);
+            assert_ne!(p.run_on(&f[14..], Link::Ip, Hook::Socket), 0);
+            assert_eq!(p.run_on(f, Link::Ip, Hook::Socket), 0);
+        }
+        // The raw-IP program is the Ethernet one minus its link-layer prologue: shorter.
+        assert!(p.len() < eth_prog.len(), "{} vs {}", p.len(), eth_prog.len());
+        check_structure(&p);
     }
 
     /// Every jump inside the program, and the program reaches its end only through `ret`s.
@@ -906,37 +1032,45 @@ mod tests {
         let tcp: Vec<u16> = (0..1000).map(|i| 10_000 + 3 * i).collect();
         let udp: Vec<u16> = (0..1000).map(|i| 20_001 + 7 * i).collect();
         let s = FilterSpec { tcp_ports: tcp.clone(), udp_ports: udp.clone(), ..spec() };
-        let p = Program::knock(&s).unwrap();
-        check_structure(&p);
-        // About 1.3 instructions per port, plus the fixed part.
-        assert!(p.len() < 3000, "{} instructions", p.len());
-        for &port in &tcp {
-            assert!(passes(&p, &v4(V4 { dport: port, ..V4::default() })), "tcp {port}");
-            assert!(!passes(&p, &v4(V4 { dport: port + 1, ..V4::default() })), "tcp {}", port + 1);
-            assert!(!passes(&p, &v4(V4 { proto: 17, dport: port, ..V4::default() })), "udp {port}");
+        for link in LINKS {
+            let p = Program::knock(&s, link).unwrap();
+            check_structure(&p);
+            let passes = |f: &[u8]| passes_on(&p, link, f);
+            // About 1.3 instructions per port, plus the fixed part.
+            assert!(p.len() < 3000, "{link}: {} instructions", p.len());
+            for &port in &tcp {
+                assert!(passes(&v4(V4 { dport: port, ..V4::default() })), "{link}: tcp {port}");
+                assert!(!passes(&v4(V4 { dport: port + 1, ..V4::default() })), "{link}: tcp {}", port + 1);
+                assert!(!passes(&v4(V4 { proto: 17, dport: port, ..V4::default() })), "{link}: udp {port}");
+            }
+            for &port in &udp {
+                assert!(passes(&v6(SERVER6, 17, port, false)), "{link}: udp {port}");
+                assert!(!passes(&v6(SERVER6, 17, port - 1, false)), "{link}: udp {}", port - 1);
+            }
+            assert!(!passes(&v4(V4 { dport: 0, ..V4::default() })), "{link}");
+            assert!(!passes(&v4(V4 { dport: u16::MAX, ..V4::default() })), "{link}");
         }
-        for &port in &udp {
-            assert!(passes(&p, &v6(SERVER6, 17, port, false)), "udp {port}");
-            assert!(!passes(&p, &v6(SERVER6, 17, port - 1, false)), "udp {}", port - 1);
-        }
-        assert!(!passes(&p, &v4(V4 { dport: 0, ..V4::default() })));
-        assert!(!passes(&p, &v4(V4 { dport: u16::MAX, ..V4::default() })));
     }
 
     #[test]
     fn too_many_ports_is_an_error() {
         let s = FilterSpec { tcp_ports: (0..5000).map(|i| 2 * i).collect(), ..spec() };
-        match Program::knock(&s) {
-            Err(CaptureError::FilterTooLong { len }) => assert!(len > MAX_INSNS),
-            other => panic!("expected FilterTooLong, got {other:?}"),
+        for link in LINKS {
+            match Program::knock(&s, link) {
+                Err(CaptureError::FilterTooLong { len }) => assert!(len > MAX_INSNS),
+                other => panic!("expected FilterTooLong, got {other:?}"),
+            }
         }
     }
 
     #[test]
     fn duplicates_and_order_do_not_matter() {
-        let a = Program::knock(&FilterSpec { tcp_ports: vec![8000, 7000, 8000], ..spec() }).unwrap();
-        let b = Program::knock(&spec()).unwrap();
-        assert_eq!(a, b);
+        for link in LINKS {
+            let a =
+                Program::knock(&FilterSpec { tcp_ports: vec![8000, 7000, 8000], ..spec() }, link).unwrap();
+            let b = Program::knock(&spec(), link).unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]
@@ -1030,5 +1164,30 @@ mod tests {
         let proto = ld(op::LD | op::H | op::ABS, skf::AD_OFF + skf::AD_PROTOCOL).unwrap();
         assert_eq!(proto.run_as(&frame[..10], Hook::Fanout), 0);
         assert_eq!(first.run_as(&frame[..14], Hook::Fanout), 0);
+    }
+
+    /// On a raw-IP (tun) link, every view starts at the IP header and the protocol comes
+    /// from the version nibble.
+    #[test]
+    fn interpreter_on_raw_ip() {
+        let frame = v4(V4::default());
+        let packet = &frame[14..];
+        let ld = |code: u16, k: u32| {
+            Program::from_insns(vec![Insn::stmt(code, k), Insn::stmt(op::RET | op::A, 0)]).unwrap()
+        };
+        let proto = ld(op::LD | op::H | op::ABS, skf::AD_OFF + skf::AD_PROTOCOL);
+        for hook in [Hook::Socket, Hook::Fanout] {
+            assert_eq!(ld(op::LD | op::B | op::ABS, 0).run_on(packet, Link::Ip, hook), 0x45);
+            assert_eq!(ld(op::LD | op::W | op::LEN, 0).run_on(packet, Link::Ip, hook), packet.len() as u32);
+            assert_eq!(ld(op::LD | op::B | op::ABS, skf::LL_OFF).run_on(packet, Link::Ip, hook), 0x45);
+            let src = ld(op::LD | op::W | op::ABS, skf::NET_OFF + 12);
+            assert_eq!(src.run_on(packet, Link::Ip, hook), u32::from(CLIENT4));
+            assert_eq!(proto.run_on(packet, Link::Ip, hook), 0x0800);
+            let six = v6(SERVER6, 6, 7000, false);
+            assert_eq!(proto.run_on(&six[14..], Link::Ip, hook), 0x86dd);
+            // tun drops other versions; were one to get here, it would have no protocol.
+            assert_eq!(proto.run_on(&[0x50, 0, 0, 0], Link::Ip, hook), 0);
+            assert_eq!(proto.run_on(&[], Link::Ip, hook), 0);
+        }
     }
 }

@@ -5,14 +5,22 @@
 //! [`Ring::next_block`] waits for the next block and returns it as a [`Block`] guard;
 //! its frames borrow the mapping (no copy), and dropping the guard gives the block back
 //! to the kernel. Every offset the kernel wrote is bounds-checked before use.
+//!
+//! A ring's socket is `SOCK_RAW` on an [`Link::Ethernet`] link and `SOCK_DGRAM` on a
+//! [`Link::Ip`] one, so its frames start at the Ethernet header or at the IP header.
+//! When the interface goes down or is deleted the kernel sets `ENETDOWN` on the socket;
+//! [`Ring::next_block`] and [`wait_any`] report it once ([`CaptureError::InterfaceDown`]
+//! or a bit of [`Ready::errored`]) and clear it, so waiting on a dead ring sleeps
+//! instead of spinning on `POLLERR`.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::error::CaptureError;
 use crate::filter::Program;
 use crate::iface;
+use crate::link::Link;
 use crate::sys::{self, PacketSocket, RingMap};
 
 /// Size of `struct tpacket_block_desc` with its `tpacket_hdr_v1`: where the block
@@ -22,6 +30,8 @@ const BLOCK_HDR_LEN: usize = 48;
 const PKT_HDR_LEN: usize = 48;
 /// `ETH_P_ALL`: every ethertype (the BPF filter does the selection).
 const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
+/// Most rings [`wait_any`] waits on (the width of [`Ready::errored`]).
+pub const MAX_WAIT_RINGS: usize = 64;
 
 /// Geometry and options of a ring.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +50,9 @@ pub struct RingConfig {
     pub block_timeout_ms: u32,
     /// Join a fanout group, to spread the interface's packets over several rings.
     pub fanout: Option<Fanout>,
+    /// What the frames start with; pick it with [`Link::of`] and build the filter for
+    /// the same link. Default [`Link::Ethernet`].
+    pub link: Link,
 }
 
 impl Default for RingConfig {
@@ -50,6 +63,7 @@ impl Default for RingConfig {
             frame_size: 2048,
             block_timeout_ms: 10,
             fanout: None,
+            link: Link::Ethernet,
         }
     }
 }
@@ -131,6 +145,7 @@ pub struct Ring {
     sock: PacketSocket,
     ifname: String,
     ifindex: u32,
+    link: Link,
     /// The block the kernel fills next, and the one we wait for.
     current: usize,
     totals: Mutex<RingStats>,
@@ -140,14 +155,25 @@ impl Ring {
     /// Opens a ring on `ifname` that receives only what `filter` passes.
     ///
     /// The filter is attached before the socket is bound, so no unfiltered frame is
-    /// ever queued. Outgoing frames are not captured (kernel 4.20 and later; on older
+    /// ever queued; it sees the frames as the ring will hold them, so it must be built
+    /// for `cfg.link`. Outgoing frames are not captured (kernel 4.20 and later; on older
     /// kernels they are, and the filter's destination check drops most of them).
+    ///
+    /// An interface that is down when the ring opens makes the first wait report
+    /// [`CaptureError::InterfaceDown`]; the ring receives once it comes up.
     pub fn open(ifname: &str, cfg: &RingConfig, filter: &Program) -> Result<Ring, CaptureError> {
         cfg.validate()?;
         let ifindex = iface::index(ifname)?;
         let err = |op: &'static str| move |e| CaptureError::sys(op, ifname, e);
+        // SOCK_DGRAM: tpacket_rcv() then neither pushes the link-layer header back for
+        // the filter nor copies it into the ring (tp_mac == tp_net), so the filter and
+        // the frame both start at the network header, whatever header the device has.
+        let (sock_type, op) = match cfg.link {
+            Link::Ethernet => (libc::SOCK_RAW, "socket(AF_PACKET, SOCK_RAW)"),
+            Link::Ip => (libc::SOCK_DGRAM, "socket(AF_PACKET, SOCK_DGRAM)"),
+        };
         // Protocol 0: nothing is received until bind() below.
-        let sock = PacketSocket::open().map_err(err("socket(AF_PACKET, SOCK_RAW)"))?;
+        let sock = PacketSocket::open(sock_type).map_err(err(op))?;
         sock.attach_filter(&filter.to_sock_filters()).map_err(err("setsockopt(SO_ATTACH_FILTER)"))?;
         sock.set_int(libc::SOL_PACKET, libc::PACKET_VERSION, sys::TPACKET_V3)
             .map_err(err("setsockopt(PACKET_VERSION, TPACKET_V3)"))?;
@@ -191,6 +217,7 @@ impl Ring {
             sock,
             ifname: ifname.to_owned(),
             ifindex,
+            link: cfg.link,
             current: 0,
             totals: Mutex::new(RingStats::default()),
         })
@@ -207,28 +234,65 @@ impl Ring {
     /// Waits up to `timeout` for the kernel to hand over the next block.
     ///
     /// `Ok(None)` on timeout, and also when a signal interrupted the wait (`EINTR`),
-    /// so the caller can look at its flags. A zero timeout only checks.
+    /// so the caller can look at its flags. A zero timeout only checks (and does not
+    /// look for socket errors: [`wait_any`] does).
+    ///
+    /// Blocks already handed over come first; then, if the interface went down or was
+    /// deleted, [`CaptureError::InterfaceDown`], once: the error is cleared, so the next
+    /// call waits normally (and receives again if the interface comes back up).
     pub fn next_block(&mut self, timeout: Duration) -> Result<Option<Block<'_>>, CaptureError> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
-            if self.map.block_status(self.current) & libc::TP_STATUS_USER != 0 {
+            if self.has_block() {
                 let index = self.current;
                 return Ok(Some(Block { ring: self, index }));
             }
             let wait = match deadline {
                 Some(d) => d.saturating_duration_since(Instant::now()),
-                None => Duration::from_millis(i32::MAX as u64),
+                None => Duration::MAX,
             };
             if wait.is_zero() {
                 return Ok(None);
             }
-            // Round up so a sub-millisecond rest does not turn into a busy loop.
-            let ms = wait.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-            match self.sock.poll_in(ms) {
+            match self.sock.poll_events(libc::POLLIN, poll_ms(wait)) {
+                Ok(revents) if revents & libc::POLLNVAL != 0 => {
+                    return Err(CaptureError::sys(
+                        "poll",
+                        &self.ifname,
+                        std::io::Error::from_raw_os_error(libc::EBADF),
+                    ))
+                }
+                // sk_err stays set, and poll keeps saying POLLERR, until SO_ERROR reads it:
+                // take it now, or this loop would spin. (POLLERR with no error pending
+                // would need a non-empty error queue, which only TX timestamps fill.)
+                Ok(revents) if revents & libc::POLLERR != 0 => {
+                    if let Some(e) = self.take_socket_error()? {
+                        return Err(e);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(None),
                 Err(e) => return Err(CaptureError::sys("poll", &self.ifname, e)),
             }
+        }
+    }
+
+    /// Whether the kernel has handed over the block we read next.
+    fn has_block(&self) -> bool {
+        self.map.block_status(self.current) & libc::TP_STATUS_USER != 0
+    }
+
+    /// Reads and clears the socket's pending error (`SO_ERROR`): `ENETDOWN`, set by the
+    /// kernel's packet_notifier() on NETDEV_DOWN and NETDEV_UNREGISTER (and by bind()
+    /// on a down interface), is [`CaptureError::InterfaceDown`].
+    fn take_socket_error(&self) -> Result<Option<CaptureError>, CaptureError> {
+        match self.sock.take_error() {
+            Ok(None) => Ok(None),
+            Ok(Some(e)) if e.raw_os_error() == Some(libc::ENETDOWN) => {
+                Ok(Some(CaptureError::InterfaceDown { ifname: self.ifname.clone() }))
+            }
+            Ok(Some(e)) => Ok(Some(CaptureError::sys("socket error (SO_ERROR)", &self.ifname, e))),
+            Err(e) => Err(CaptureError::sys("getsockopt(SO_ERROR)", &self.ifname, e)),
         }
     }
 
@@ -253,6 +317,11 @@ impl Ring {
         self.ifindex
     }
 
+    /// What the ring's frames start with (as configured).
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
     /// Bytes per block, as configured.
     pub fn block_size(&self) -> usize {
         self.map.block_size()
@@ -265,6 +334,67 @@ impl AsFd for Ring {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock.as_fd()
     }
+}
+
+/// Milliseconds for `poll`, rounded up so a sub-millisecond rest does not turn into a
+/// busy loop; at most `i32::MAX` (about 25 days).
+fn poll_ms(wait: Duration) -> libc::c_int {
+    wait.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int
+}
+
+/// What [`wait_any`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Bit `i`: ring `i` had a socket error, now read and cleared (`ENETDOWN`: its
+    /// interface went down or away).
+    pub errored: u64,
+}
+
+/// Waits until one of `rings` (at most [`MAX_WAIT_RINGS`]) has a block for user space
+/// or a socket error, `timeout` passes, or a signal interrupts the wait (`EINTR`), for a
+/// worker that owns one ring per interface. Then call `ring.next_block(Duration::ZERO)`
+/// on each ring.
+///
+/// A socket error is read and cleared (`SO_ERROR`) here; bit `i` of
+/// [`Ready::errored`] says ring `i` had one (`ENETDOWN`: its interface went down or
+/// away; the kernel sets no other error on a packet socket that only receives). A ring
+/// with a block already waiting makes this only check for errors. One `poll` call; the
+/// pollfds live on the stack.
+pub fn wait_any(rings: &[Ring], timeout: Duration) -> Result<Ready, CaptureError> {
+    if rings.len() > MAX_WAIT_RINGS {
+        return Err(CaptureError::InvalidConfig(format!(
+            "wait_any takes at most {MAX_WAIT_RINGS} rings, got {}",
+            rings.len()
+        )));
+    }
+    let mut fds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; MAX_WAIT_RINGS];
+    let mut waiting = false;
+    for (pfd, ring) in fds.iter_mut().zip(rings) {
+        *pfd = libc::pollfd { fd: ring.sock.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        waiting |= ring.has_block();
+    }
+    let ms = if waiting { 0 } else { poll_ms(timeout) };
+    let fds = &mut fds[..rings.len()];
+    let names = || rings.iter().map(Ring::ifname).collect::<Vec<_>>().join(",");
+    match sys::poll(fds, ms) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(Ready::default()),
+        Err(e) => return Err(CaptureError::sys("poll", &names(), e)),
+    }
+    let mut ready = Ready::default();
+    for (i, (pfd, ring)) in fds.iter().zip(rings).enumerate() {
+        if pfd.revents & libc::POLLNVAL != 0 {
+            return Err(CaptureError::sys(
+                "poll",
+                &ring.ifname,
+                std::io::Error::from_raw_os_error(libc::EBADF),
+            ));
+        }
+        if pfd.revents & libc::POLLERR != 0 && ring.take_socket_error()?.is_some() {
+            ready.errored |= 1 << i;
+        }
+    }
+    Ok(ready)
 }
 
 /// One block handed over by the kernel. Dropping it hands the block back.
@@ -406,7 +536,8 @@ fn read_u16(b: &[u8], off: usize) -> Option<u16> {
 /// One captured frame, borrowed from the ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Frame<'b> {
-    /// The frame from its link-layer header on, as much as was captured (`tp_snaplen`).
+    /// The frame as much as was captured (`tp_snaplen`): from its link-layer header on
+    /// for a [`Link::Ethernet`] ring, from its IP header on for a [`Link::Ip`] one.
     pub data: &'b [u8],
     /// The frame's length on the wire (`tp_len`); more than `data.len()` if truncated.
     pub wire_len: u32,

@@ -1,9 +1,11 @@
 //! The only unsafe code of the project: thin, safe wrappers over the syscalls the
 //! capture layer needs (an `AF_PACKET` socket, its TPACKET_V3 RX ring mapping,
-//! classic BPF attachment, `poll(2)`, `if_nametoindex(3)` and `getifaddrs(3)`).
+//! classic BPF attachment, `poll(2)` and `SO_ERROR`, `if_nametoindex(3)`,
+//! `getifaddrs(3)` and the interface's link type), and, with the `tx` feature, a
+//! TPACKET_V2 TX ring.
 //!
 //! Nothing here knows about knocks. Every function returns a plain `io::Error`;
-//! the callers in `ring`/`iface` add which operation and interface it was about.
+//! the callers in `ring`/`iface`/`link` add which operation and interface it was about.
 //! Every `unsafe` block states the invariant it relies on.
 
 use std::ffi::{CStr, CString};
@@ -23,21 +25,22 @@ pub(crate) const TPACKET_V3: libc::c_int = libc::tpacket_versions::TPACKET_V3 as
 /// (`version: u32`, `offset_to_priv: u32`, then the union whose first field it is).
 const BLOCK_STATUS_OFFSET: usize = 8;
 
-/// An `AF_PACKET`/`SOCK_RAW` socket; closed on drop.
+/// An `AF_PACKET` socket (`SOCK_RAW` or `SOCK_DGRAM`); closed on drop.
 #[derive(Debug)]
 pub(crate) struct PacketSocket {
     fd: OwnedFd,
 }
 
 impl PacketSocket {
-    /// `socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0)`.
+    /// `socket(AF_PACKET, sock_type | SOCK_CLOEXEC, 0)`: `SOCK_RAW` receives frames from
+    /// their link-layer header on, `SOCK_DGRAM` from their network header.
     ///
     /// Protocol 0 means the socket receives nothing until it is bound with a protocol,
     /// so the filter and ring can be installed before any packet is queued.
-    pub(crate) fn open() -> io::Result<PacketSocket> {
+    pub(crate) fn open(sock_type: libc::c_int) -> io::Result<PacketSocket> {
         // SAFETY: socket(2) takes no pointers; a non-negative return value is a new file
         // descriptor that nothing else owns, so OwnedFd may take it over (and close it).
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, sock_type | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -156,20 +159,43 @@ impl PacketSocket {
         Ok(st)
     }
 
-    /// `poll(2)` for `POLLIN` on this socket. Returns whether it is readable;
-    /// `EINTR` is an `Err` of kind `Interrupted`.
-    pub(crate) fn poll_in(&self, timeout_ms: libc::c_int) -> io::Result<bool> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    /// `poll(2)` on this socket for `events`; returns the `revents` the kernel reported
+    /// (0 on timeout). `EINTR` is an `Err` of kind `Interrupted`.
+    pub(crate) fn poll_events(
+        &self,
+        events: libc::c_short,
+        timeout_ms: libc::c_int,
+    ) -> io::Result<libc::c_short> {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };
         // SAFETY: one valid, live pollfd is passed with nfds = 1; the kernel writes only
         // its `revents` field.
         let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        if pfd.revents & libc::POLLNVAL != 0 {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        Ok(pfd.revents)
+    }
+
+    /// `getsockopt(SO_ERROR)`: takes (and clears) the socket's pending error, e.g. the
+    /// `ENETDOWN` a packet socket gets when its interface goes down.
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live locals; the kernel writes at most `len` (4)
+        // bytes into `err`, an int for which every bit pattern is valid.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(rc > 0)
+        Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
     }
 
     /// Maps the RX ring set up by [`PacketSocket::set_rx_ring`] with the same geometry.
@@ -313,6 +339,67 @@ pub(crate) fn page_size() -> usize {
     usize::try_from(v).ok().filter(|&v| v > 0).unwrap_or(4096)
 }
 
+/// `poll(2)` over `fds`; returns how many have events (0 on timeout). `EINTR` is an
+/// `Err` of kind `Interrupted`. A pollfd with a closed or negative fd is harmless: the
+/// kernel reports `POLLNVAL` or skips it.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    let nfds = libc::nfds_t::try_from(fds.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many pollfds"))?;
+    // SAFETY: the pointer and count describe the live, mutably borrowed slice; the kernel
+    // copies the pollfds in, and on return writes back only their `revents` fields,
+    // within those `nfds` entries (do_sys_poll copies exactly nfds structs each way).
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as usize)
+}
+
+/// An `ifreq` naming `ifname`, the rest zero.
+fn ifreq(ifname: &str) -> io::Result<libc::ifreq> {
+    let name = ifname.as_bytes();
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+    }
+    // SAFETY: ifreq is plain old data (a byte array and a union of integers, arrays,
+    // sockaddrs and a pointer), for which all-zero bytes are a valid value.
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    // The name is shorter than IFNAMSIZ, so the zero after it terminates it.
+    for (dst, &src) in ifr.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+/// The hardware type (`ARPHRD_*`, `dev->type`) of interface `ifname` in the caller's
+/// network namespace, from `SIOCGIFHWADDR`; `ENODEV` when there is no such interface.
+///
+/// Asked through a throw-away `AF_UNIX` socket: any socket's ioctl reaches
+/// `dev_ioctl()` in the namespace the socket was created in (unlike `/sys`, which shows
+/// the namespace it was mounted in), and `AF_UNIX` needs no privilege and no IP stack.
+pub(crate) fn link_type(ifname: &str) -> io::Result<u16> {
+    let mut ifr = ifreq(ifname)?;
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor
+    // that nothing else owns, so OwnedFd takes it over (and closes it on return).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above: `fd` is valid, open and exclusively ours.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifr` is a live ifreq whose name is NUL-terminated (see ifreq()).
+    // unix_ioctl() does not know SIOCGIFHWADDR, so sock_do_ioctl() hands it to
+    // dev_ioctl() -> dev_get_mac_address(), which reads the name and writes only
+    // `ifr_ifru.ifru_hwaddr` (a sockaddr inside the union) before it is copied back.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the kernel stored the device type in `ifru_hwaddr.sa_family`;
+    // every bit pattern is a valid u16, and the union was zero-initialised anyway.
+    Ok(unsafe { ifr.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
 fn ifname_cstring(ifname: &str) -> io::Result<CString> {
     CString::new(ifname)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name contains NUL"))
@@ -376,290 +463,251 @@ pub(crate) fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
 
 // ---------------------------------------------------------------------------------
 // TX: a TPACKET_V2 `PACKET_TX_RING`, the kick that makes the kernel send it, and the
-// interface MTU the kernel checks frames against.
+// interface MTU the kernel checks frames against: only with the `tx` feature (the
+// load generator), never in the daemon.
 
-/// `TPACKET_V2` from `enum tpacket_versions`.
-pub(crate) const TPACKET_V2: libc::c_int = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+#[cfg(feature = "tx")]
+pub(crate) use tx::{TxMap, TPACKET_V2};
 
-/// Where the frame starts in a TPACKET_V2 TX slot: `tpacket_parse_header()` takes the
-/// data at `tp_hdrlen - sizeof(struct sockaddr_ll)` = `TPACKET2_HDRLEN - 20` = 32 bytes
-/// (the aligned `tpacket2_hdr`) unless `PACKET_TX_HAS_OFF` is set, which it never is here.
-pub(crate) const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - mem::size_of::<libc::sockaddr_ll>();
+#[cfg(feature = "tx")]
+mod tx {
+    use super::*;
 
-/// Byte offset of `tp_len` in `struct tpacket2_hdr` (`tp_status` is at 0).
-const TX_LEN_OFFSET: usize = 4;
+    /// `TPACKET_V2` from `enum tpacket_versions`.
+    pub(crate) const TPACKET_V2: libc::c_int = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
 
-/// Slot states in which the kernel owns a TX slot: user space may neither write it nor
-/// count it as done.
-const TX_KERNEL_OWNED: u32 = libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING;
+    /// Where the frame starts in a TPACKET_V2 TX slot: `tpacket_parse_header()` takes the
+    /// data at `tp_hdrlen - sizeof(struct sockaddr_ll)` = `TPACKET2_HDRLEN - 20` = 32 bytes
+    /// (the aligned `tpacket2_hdr`) unless `PACKET_TX_HAS_OFF` is set, which it never is here.
+    pub(crate) const TX_DATA_OFFSET: usize = libc::TPACKET2_HDRLEN - mem::size_of::<libc::sockaddr_ll>();
 
-impl PacketSocket {
-    /// `PACKET_TX_RING` with a TPACKET_V1/V2 request (`PACKET_VERSION` set before).
-    pub(crate) fn set_tx_ring(&self, req: &libc::tpacket_req) -> io::Result<()> {
-        self.setsockopt(libc::SOL_PACKET, libc::PACKET_TX_RING, req)
-    }
+    /// Byte offset of `tp_len` in `struct tpacket2_hdr` (`tp_status` is at 0).
+    const TX_LEN_OFFSET: usize = 4;
 
-    /// Maps the TX ring set up by [`PacketSocket::set_tx_ring`], which must be the only
-    /// ring of the socket and laid out as `frame_count` slots of `frame_size` bytes back
-    /// to back (each block a whole number of frames, so no gap between blocks).
-    pub(crate) fn map_tx_ring(&self, frame_size: usize, frame_count: usize) -> io::Result<TxMap> {
-        // Status and length words must be 4-aligned in every slot, and a slot must hold
-        // its header.
-        if frame_size & 15 != 0 || frame_size <= TX_DATA_OFFSET {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad TX frame size"));
+    /// Slot states in which the kernel owns a TX slot: user space may neither write it nor
+    /// count it as done.
+    const TX_KERNEL_OWNED: u32 = libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING;
+
+    impl PacketSocket {
+        /// `PACKET_TX_RING` with a TPACKET_V1/V2 request (`PACKET_VERSION` set before).
+        pub(crate) fn set_tx_ring(&self, req: &libc::tpacket_req) -> io::Result<()> {
+            self.setsockopt(libc::SOL_PACKET, libc::PACKET_TX_RING, req)
         }
-        // The socket's only ring is the TX ring of `frame_count` slots of `frame_size`.
-        let (ptr, len) = self.map_rings(frame_size, frame_count)?;
-        Ok(TxMap { ptr, len, frame_size, frame_count })
-    }
 
-    /// `send(fd, NULL, 0, flags)`: on a socket with a TX ring this makes the kernel
-    /// (`tpacket_snd()`) send every slot marked `TP_STATUS_SEND_REQUEST`, in ring order
-    /// from its own head, until the first slot that is not. Returns the bytes it sent.
-    /// With `dontwait` it neither blocks for socket buffer space nor waits for the sent
-    /// frames to complete.
-    pub(crate) fn send_ring(&self, dontwait: bool) -> io::Result<usize> {
-        let flags = if dontwait { libc::MSG_DONTWAIT } else { 0 };
-        // SAFETY: a NULL buffer of length 0 is never dereferenced (the kernel builds an
-        // empty iov_iter); with a TX ring, tpacket_snd() reads the frames from the ring,
-        // not from the message.
-        let rc = unsafe { libc::send(self.fd.as_raw_fd(), ptr::null(), 0, flags) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        /// Maps the TX ring set up by [`PacketSocket::set_tx_ring`], which must be the only
+        /// ring of the socket and laid out as `frame_count` slots of `frame_size` bytes back
+        /// to back (each block a whole number of frames, so no gap between blocks).
+        pub(crate) fn map_tx_ring(&self, frame_size: usize, frame_count: usize) -> io::Result<TxMap> {
+            // Status and length words must be 4-aligned in every slot, and a slot must hold
+            // its header.
+            if frame_size & 15 != 0 || frame_size <= TX_DATA_OFFSET {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad TX frame size"));
+            }
+            // The socket's only ring is the TX ring of `frame_count` slots of `frame_size`.
+            let (ptr, len) = self.map_rings(frame_size, frame_count)?;
+            Ok(TxMap { ptr, len, frame_size, frame_count })
         }
-        Ok(rc as usize)
-    }
 
-    /// `poll(2)` on this socket for `events`; returns the `revents` the kernel reported
-    /// (0 on timeout). `EINTR` is an `Err` of kind `Interrupted`.
-    pub(crate) fn poll_events(
-        &self,
-        events: libc::c_short,
-        timeout_ms: libc::c_int,
-    ) -> io::Result<libc::c_short> {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events, revents: 0 };
-        // SAFETY: one valid, live pollfd is passed with nfds = 1; the kernel writes only
-        // its `revents` field.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        /// `send(fd, NULL, 0, flags)`: on a socket with a TX ring this makes the kernel
+        /// (`tpacket_snd()`) send every slot marked `TP_STATUS_SEND_REQUEST`, in ring order
+        /// from its own head, until the first slot that is not. Returns the bytes it sent.
+        /// With `dontwait` it neither blocks for socket buffer space nor waits for the sent
+        /// frames to complete.
+        pub(crate) fn send_ring(&self, dontwait: bool) -> io::Result<usize> {
+            let flags = if dontwait { libc::MSG_DONTWAIT } else { 0 };
+            // SAFETY: a NULL buffer of length 0 is never dereferenced (the kernel builds an
+            // empty iov_iter); with a TX ring, tpacket_snd() reads the frames from the ring,
+            // not from the message.
+            let rc = unsafe { libc::send(self.fd.as_raw_fd(), ptr::null(), 0, flags) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(rc as usize)
         }
-        Ok(pfd.revents)
-    }
 
-    /// `getsockopt(SO_ERROR)`: takes (and clears) the socket's pending error, e.g. the
-    /// `ENETDOWN` a packet socket gets when its interface goes down.
-    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
-        let mut err: libc::c_int = 0;
-        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `err` and `len` are live locals; the kernel writes at most `len` (4)
-        // bytes into `err`, an int for which every bit pattern is valid.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
+        /// The MTU of interface `ifname` (`SIOCGIFMTU`), in this socket's network namespace.
+        pub(crate) fn mtu(&self, ifname: &str) -> io::Result<u32> {
+            let mut ifr = ifreq(ifname)?;
+            // SAFETY: `ifr` is a live ifreq whose name is NUL-terminated (see ifreq());
+            // SIOCGIFMTU reads the name and writes only `ifr_ifru.ifru_mtu` inside it
+            // (dev_ifsioc_locked).
+            let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
+            if rc < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: on success the kernel stored the MTU in `ifru_mtu`; every bit pattern
+            // is a valid c_int, and the union was zero-initialised anyway.
+            let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+            u32::try_from(mtu).map_err(|_| io::Error::other("negative MTU"))
         }
-        Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
     }
 
-    /// The MTU of interface `ifname` (`SIOCGIFMTU`), in this socket's network namespace.
-    pub(crate) fn mtu(&self, ifname: &str) -> io::Result<u32> {
-        let name = ifname.as_bytes();
-        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(&0) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
-        }
-        // SAFETY: ifreq is plain old data (a byte array and a union of integers, arrays,
-        // sockaddrs and a pointer), for which all-zero bytes are a valid value.
-        let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
-        for (dst, &src) in ifr.ifr_name.iter_mut().zip(name) {
-            *dst = src as libc::c_char;
-        }
-        // SAFETY: `ifr` is a live ifreq whose name is NUL-terminated (the name is
-        // shorter than IFNAMSIZ and the rest is zero); SIOCGIFMTU reads the name and
-        // writes only `ifr_ifru.ifru_mtu` inside it (dev_ifsioc_locked).
-        let rc = unsafe { libc::ioctl(self.fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: on success the kernel stored the MTU in `ifru_mtu`; every bit pattern
-        // is a valid c_int, and the union was zero-initialised anyway.
-        let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
-        u32::try_from(mtu).map_err(|_| io::Error::other("negative MTU"))
-    }
-}
-
-/// The mmap'ed TPACKET_V2 TX ring: `frame_count` slots of `frame_size` bytes, back to
-/// back. Each slot starts with a `tpacket2_hdr` (status word at 0, `tp_len` at 4) and
-/// carries its frame from [`TX_DATA_OFFSET`].
-///
-/// Ownership of a slot follows its status word: `TP_STATUS_AVAILABLE` (or
-/// `TP_STATUS_WRONG_FORMAT`, a frame the kernel refused) is ours; after we store
-/// `TP_STATUS_SEND_REQUEST` the kernel may take it (`TP_STATUS_SENDING`) and
-/// hands it back by storing `TP_STATUS_AVAILABLE` once the frame's skb is freed
-/// (tpacket_destruct_skb). On a TX slot the kernel writes nothing but that status word:
-/// the frame pages are only read (and referenced by the skb, zero-copy), `tp_len` only
-/// read, and the timestamp fields are written only with `PACKET_TIMESTAMP`, which is
-/// never set on our sockets.
-///
-/// Invariants: `ptr` is the start of a live `MAP_SHARED` mapping of `len = frame_size *
-/// frame_count` bytes (page aligned; `frame_size` is a multiple of 16, so every status
-/// and length word is 4-aligned), unmapped only in `Drop`. Slices handed out by
-/// [`TxMap::frame_mut`] borrow `self` mutably, so none outlives a status change we make.
-#[derive(Debug)]
-pub(crate) struct TxMap {
-    ptr: NonNull<u8>,
-    len: usize,
-    frame_size: usize,
-    frame_count: usize,
-}
-
-// SAFETY: the mapping is plain shared memory, not tied to the thread that created it;
-// moving the owner moves the only handle that can unmap it.
-unsafe impl Send for TxMap {}
-// SAFETY: `&self` methods only load status words atomically; every write needs `&mut self`.
-unsafe impl Sync for TxMap {}
-
-impl TxMap {
-    pub(crate) fn frame_count(&self) -> usize {
-        self.frame_count
-    }
-
-    /// Bytes of frame a slot holds: `frame_size - TX_DATA_OFFSET`.
-    pub(crate) fn data_len(&self) -> usize {
-        self.frame_size - TX_DATA_OFFSET
-    }
-
-    /// The 32-bit header word at byte `off` (0: status, 4: length) of slot `index`
-    /// (`index < frame_count`, else panics).
-    fn word(&self, index: usize, off: usize) -> &AtomicU32 {
-        assert!(index < self.frame_count, "TX slot {index} out of range");
-        let at = index * self.frame_size + off;
-        debug_assert!(at + 4 <= self.len && off + 4 <= TX_DATA_OFFSET);
-        // SAFETY: `at + 4 <= len` (index < frame_count and off + 4 <= TX_DATA_OFFSET <
-        // frame_size), so the pointer lies inside the live mapping for as long as `&self`;
-        // slots start at multiples of frame_size (a multiple of 16) from a page-aligned
-        // base and `off` is 0 or 4, so it is 4-aligned as AtomicU32 requires. The kernel
-        // accesses these words only as whole 32-bit values (READ_ONCE/WRITE_ONCE of
-        // tp_status in __packet_get_status/__packet_set_status, a plain load of tp_len),
-        // never partially, so treating them as atomics is sound.
-        unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(at).cast::<u32>()) }
-    }
-
-    /// Status of slot `index`, loaded with Acquire ordering: pairs with the kernel's
-    /// WRITE_ONCE of TP_STATUS_AVAILABLE in tpacket_destruct_skb(), which follows the
-    /// skb's last use of the slot's pages (its release is ordered by the skb refcount
-    /// drop), so after we see AVAILABLE nothing in the kernel reads the slot any more.
-    pub(crate) fn status(&self, index: usize) -> u32 {
-        self.word(index, 0).load(Ordering::Acquire)
-    }
-
-    /// Whether we own slot `index` (not requested, not being sent).
-    pub(crate) fn is_user_owned(&self, index: usize) -> bool {
-        self.status(index) & TX_KERNEL_OWNED == 0
-    }
-
-    /// The frame area of slot `index`, if we own it.
-    pub(crate) fn frame_mut(&mut self, index: usize) -> Option<&mut [u8]> {
-        if !self.is_user_owned(index) {
-            return None;
-        }
-        let start = index * self.frame_size + TX_DATA_OFFSET;
-        // SAFETY: the area [start, start + data_len) lies inside the mapping (index <
-        // frame_count was checked by status()) and after the slot's header words, so it
-        // overlaps no AtomicU32 we hand out. We own the slot (status neither
-        // SEND_REQUEST nor SENDING, loaded with Acquire), and the kernel never writes a
-        // TX frame area; it reads it only after we store SEND_REQUEST, which needs
-        // `&mut self` and so cannot happen while this slice (which borrows `self`
-        // mutably) is alive. No other slice into the mapping is alive either.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), self.data_len()) })
-    }
-
-    /// Hands slot `index`, holding a frame of `len` bytes, to the kernel: stores
-    /// `tp_len`, then `TP_STATUS_SEND_REQUEST` with Release ordering, so the frame and
-    /// its length are visible before the status that lets the kernel read them (it reads
-    /// status first, in tpacket_snd() -> packet_current_frame(), and the header and
-    /// frame after; the send() that sets it going comes after this store anyway).
-    /// Returns false (and does nothing) if we do not own the slot or `len`
-    /// does not fit in it.
-    pub(crate) fn submit(&mut self, index: usize, len: usize) -> bool {
-        if !self.is_user_owned(index) || len > self.data_len() {
-            return false;
-        }
-        self.word(index, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
-        self.word(index, 0).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
-        true
-    }
-
-    /// Takes back slot `index` from `TP_STATUS_SEND_REQUEST` (CAS to AVAILABLE).
+    /// The mmap'ed TPACKET_V2 TX ring: `frame_count` slots of `frame_size` bytes, back to
+    /// back. Each slot starts with a `tpacket2_hdr` (status word at 0, `tp_len` at 4) and
+    /// carries its frame from [`TX_DATA_OFFSET`].
     ///
-    /// Only meaningful while the kernel cannot be sending from this ring: it takes
-    /// requested slots only inside tpacket_snd(), i.e. inside a send() on this socket,
-    /// and stops for good at a slot it marked `TP_STATUS_WRONG_FORMAT` (its head stays
-    /// there, and it only proceeds once that very slot is requested again). The caller
-    /// makes sure of that; memory safety does not depend on it (the kernel only reads
-    /// frame areas).
-    pub(crate) fn withdraw(&mut self, index: usize) -> bool {
-        self.word(index, 0)
-            .compare_exchange(
-                libc::TP_STATUS_SEND_REQUEST,
-                libc::TP_STATUS_AVAILABLE,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
+    /// Ownership of a slot follows its status word: `TP_STATUS_AVAILABLE` (or
+    /// `TP_STATUS_WRONG_FORMAT`, a frame the kernel refused) is ours; after we store
+    /// `TP_STATUS_SEND_REQUEST` the kernel may take it (`TP_STATUS_SENDING`) and
+    /// hands it back by storing `TP_STATUS_AVAILABLE` once the frame's skb is freed
+    /// (tpacket_destruct_skb). On a TX slot the kernel writes nothing but that status word:
+    /// the frame pages are only read (and referenced by the skb, zero-copy), `tp_len` only
+    /// read, and the timestamp fields are written only with `PACKET_TIMESTAMP`, which is
+    /// never set on our sockets.
+    ///
+    /// Invariants: `ptr` is the start of a live `MAP_SHARED` mapping of `len = frame_size *
+    /// frame_count` bytes (page aligned; `frame_size` is a multiple of 16, so every status
+    /// and length word is 4-aligned), unmapped only in `Drop`. Slices handed out by
+    /// [`TxMap::frame_mut`] borrow `self` mutably, so none outlives a status change we make.
+    #[derive(Debug)]
+    pub(crate) struct TxMap {
+        ptr: NonNull<u8>,
+        len: usize,
+        frame_size: usize,
+        frame_count: usize,
     }
 
-    /// Marks a slot we own `TP_STATUS_AVAILABLE` again (after `WRONG_FORMAT`).
-    pub(crate) fn release(&mut self, index: usize) -> bool {
-        if !self.is_user_owned(index) {
-            return false;
+    // SAFETY: the mapping is plain shared memory, not tied to the thread that created it;
+    // moving the owner moves the only handle that can unmap it.
+    unsafe impl Send for TxMap {}
+    // SAFETY: `&self` methods only load status words atomically; every write needs `&mut self`.
+    unsafe impl Sync for TxMap {}
+
+    impl TxMap {
+        pub(crate) fn frame_count(&self) -> usize {
+            self.frame_count
         }
-        self.word(index, 0).store(libc::TP_STATUS_AVAILABLE, Ordering::Release);
-        true
-    }
 
-    /// Copies the frame (and `tp_len`) of slot `from` into slot `to`, both ours and
-    /// distinct. Returns false (nothing copied) otherwise.
-    pub(crate) fn copy_frame(&mut self, from: usize, to: usize) -> bool {
-        if from == to || !self.is_user_owned(from) || !self.is_user_owned(to) {
-            return false;
+        /// Bytes of frame a slot holds: `frame_size - TX_DATA_OFFSET`.
+        pub(crate) fn data_len(&self) -> usize {
+            self.frame_size - TX_DATA_OFFSET
         }
-        let len = (self.word(from, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize).min(self.data_len());
-        let src = from * self.frame_size + TX_DATA_OFFSET;
-        let dst = to * self.frame_size + TX_DATA_OFFSET;
-        // SAFETY: both areas lie inside the mapping (indices checked by status()), are
-        // `len <= data_len` bytes long and do not overlap (distinct slots, each area
-        // inside its own slot). Both slots are ours (see frame_mut), so the kernel
-        // neither writes nor reads them now, and no slice into the mapping is alive
-        // (they all borrow `self` mutably).
-        unsafe {
-            ptr::copy_nonoverlapping(self.ptr.as_ptr().add(src), self.ptr.as_ptr().add(dst), len);
+
+        /// The 32-bit header word at byte `off` (0: status, 4: length) of slot `index`
+        /// (`index < frame_count`, else panics).
+        fn word(&self, index: usize, off: usize) -> &AtomicU32 {
+            assert!(index < self.frame_count, "TX slot {index} out of range");
+            let at = index * self.frame_size + off;
+            debug_assert!(at + 4 <= self.len && off + 4 <= TX_DATA_OFFSET);
+            // SAFETY: `at + 4 <= len` (index < frame_count and off + 4 <= TX_DATA_OFFSET <
+            // frame_size), so the pointer lies inside the live mapping for as long as `&self`;
+            // slots start at multiples of frame_size (a multiple of 16) from a page-aligned
+            // base and `off` is 0 or 4, so it is 4-aligned as AtomicU32 requires. The kernel
+            // accesses these words only as whole 32-bit values (READ_ONCE/WRITE_ONCE of
+            // tp_status in __packet_get_status/__packet_set_status, a plain load of tp_len),
+            // never partially, so treating them as atomics is sound.
+            unsafe { AtomicU32::from_ptr(self.ptr.as_ptr().add(at).cast::<u32>()) }
         }
-        self.word(to, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
-        true
+
+        /// Status of slot `index`, loaded with Acquire ordering: pairs with the kernel's
+        /// WRITE_ONCE of TP_STATUS_AVAILABLE in tpacket_destruct_skb(), which follows the
+        /// skb's last use of the slot's pages (its release is ordered by the skb refcount
+        /// drop), so after we see AVAILABLE nothing in the kernel reads the slot any more.
+        pub(crate) fn status(&self, index: usize) -> u32 {
+            self.word(index, 0).load(Ordering::Acquire)
+        }
+
+        /// Whether we own slot `index` (not requested, not being sent).
+        pub(crate) fn is_user_owned(&self, index: usize) -> bool {
+            self.status(index) & TX_KERNEL_OWNED == 0
+        }
+
+        /// The frame area of slot `index`, if we own it.
+        pub(crate) fn frame_mut(&mut self, index: usize) -> Option<&mut [u8]> {
+            if !self.is_user_owned(index) {
+                return None;
+            }
+            let start = index * self.frame_size + TX_DATA_OFFSET;
+            // SAFETY: the area [start, start + data_len) lies inside the mapping (index <
+            // frame_count was checked by status()) and after the slot's header words, so it
+            // overlaps no AtomicU32 we hand out. We own the slot (status neither
+            // SEND_REQUEST nor SENDING, loaded with Acquire), and the kernel never writes a
+            // TX frame area; it reads it only after we store SEND_REQUEST, which needs
+            // `&mut self` and so cannot happen while this slice (which borrows `self`
+            // mutably) is alive. No other slice into the mapping is alive either.
+            Some(unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(start), self.data_len()) })
+        }
+
+        /// Hands slot `index`, holding a frame of `len` bytes, to the kernel: stores
+        /// `tp_len`, then `TP_STATUS_SEND_REQUEST` with Release ordering, so the frame and
+        /// its length are visible before the status that lets the kernel read them (it reads
+        /// status first, in tpacket_snd() -> packet_current_frame(), and the header and
+        /// frame after; the send() that sets it going comes after this store anyway).
+        /// Returns false (and does nothing) if we do not own the slot or `len`
+        /// does not fit in it.
+        pub(crate) fn submit(&mut self, index: usize, len: usize) -> bool {
+            if !self.is_user_owned(index) || len > self.data_len() {
+                return false;
+            }
+            self.word(index, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
+            self.word(index, 0).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+            true
+        }
+
+        /// Takes back slot `index` from `TP_STATUS_SEND_REQUEST` (CAS to AVAILABLE).
+        ///
+        /// Only meaningful while the kernel cannot be sending from this ring: it takes
+        /// requested slots only inside tpacket_snd(), i.e. inside a send() on this socket,
+        /// and stops for good at a slot it marked `TP_STATUS_WRONG_FORMAT` (its head stays
+        /// there, and it only proceeds once that very slot is requested again). The caller
+        /// makes sure of that; memory safety does not depend on it (the kernel only reads
+        /// frame areas).
+        pub(crate) fn withdraw(&mut self, index: usize) -> bool {
+            self.word(index, 0)
+                .compare_exchange(
+                    libc::TP_STATUS_SEND_REQUEST,
+                    libc::TP_STATUS_AVAILABLE,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+        }
+
+        /// Marks a slot we own `TP_STATUS_AVAILABLE` again (after `WRONG_FORMAT`).
+        pub(crate) fn release(&mut self, index: usize) -> bool {
+            if !self.is_user_owned(index) {
+                return false;
+            }
+            self.word(index, 0).store(libc::TP_STATUS_AVAILABLE, Ordering::Release);
+            true
+        }
+
+        /// Copies the frame (and `tp_len`) of slot `from` into slot `to`, both ours and
+        /// distinct. Returns false (nothing copied) otherwise.
+        pub(crate) fn copy_frame(&mut self, from: usize, to: usize) -> bool {
+            if from == to || !self.is_user_owned(from) || !self.is_user_owned(to) {
+                return false;
+            }
+            let len = (self.word(from, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize).min(self.data_len());
+            let src = from * self.frame_size + TX_DATA_OFFSET;
+            let dst = to * self.frame_size + TX_DATA_OFFSET;
+            // SAFETY: both areas lie inside the mapping (indices checked by status()), are
+            // `len <= data_len` bytes long and do not overlap (distinct slots, each area
+            // inside its own slot). Both slots are ours (see frame_mut), so the kernel
+            // neither writes nor reads them now, and no slice into the mapping is alive
+            // (they all borrow `self` mutably).
+            unsafe {
+                ptr::copy_nonoverlapping(self.ptr.as_ptr().add(src), self.ptr.as_ptr().add(dst), len);
+            }
+            self.word(to, TX_LEN_OFFSET).store(len as u32, Ordering::Relaxed);
+            true
+        }
+
+        /// The `tp_len` of slot `index`, as we last stored it.
+        pub(crate) fn frame_len(&self, index: usize) -> usize {
+            self.word(index, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize
+        }
     }
 
-    /// The `tp_len` of slot `index`, as we last stored it.
-    pub(crate) fn frame_len(&self, index: usize) -> usize {
-        self.word(index, TX_LEN_OFFSET).load(Ordering::Relaxed) as usize
-    }
-}
-
-impl Drop for TxMap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly the mapping created in map_tx_ring(), unmapped
-        // only here; every slice into it borrowed `self`, so none is alive any more.
-        // Frames still in flight keep their own page references (tpacket_fill_skb()
-        // takes one per page), so unmapping does not pull pages from under the kernel.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+    impl Drop for TxMap {
+        fn drop(&mut self) {
+            // SAFETY: ptr/len are exactly the mapping created in map_tx_ring(), unmapped
+            // only here; every slice into it borrowed `self`, so none is alive any more.
+            // Frames still in flight keep their own page references (tpacket_fill_skb()
+            // takes one per page), so unmapping does not pull pages from under the kernel.
+            unsafe {
+                libc::munmap(self.ptr.as_ptr().cast(), self.len);
+            }
         }
     }
 }

@@ -134,7 +134,7 @@ impl TxRing {
         let (block_size, block_count, per_block) = cfg.layout()?;
         let ifindex = iface::index(ifname)?;
         let err = |op: &'static str| move |e| CaptureError::sys(op, ifname, e);
-        let sock = PacketSocket::open().map_err(err("socket(AF_PACKET, SOCK_RAW)"))?;
+        let sock = PacketSocket::open(libc::SOCK_RAW).map_err(err("socket(AF_PACKET, SOCK_RAW)"))?;
         sock.set_int(libc::SOL_PACKET, libc::PACKET_VERSION, sys::TPACKET_V2)
             .map_err(err("setsockopt(PACKET_VERSION, TPACKET_V2)"))?;
         if cfg.qdisc_bypass {

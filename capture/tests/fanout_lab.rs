@@ -19,7 +19,7 @@ use sesame_capture::filter::{op, skf, FilterSpec, Insn, Program};
 use sesame_capture::frame::tcp_flags;
 use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig};
 use sesame_capture::tx::{TxConfig, TxRing};
-use sesame_capture::{parse_frame, Proto};
+use sesame_capture::{parse_frame, Link, Proto};
 
 const LAB: LabTests = LabTests { tag: "fo", server_timeout: Duration::from_secs(60) };
 
@@ -171,7 +171,7 @@ fn group(env: &Env, id: u16, program: &Program, members: u32) -> Vec<Ring> {
         tcp_ports: vec![7000, 8000],
         udp_ports: vec![9000],
     };
-    let filter = Program::knock(&spec).unwrap();
+    let filter = Program::knock(&spec, Link::Ethernet).unwrap();
     let cfg = RingConfig {
         block_size: 1 << 16,
         block_count: 8,

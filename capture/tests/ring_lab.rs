@@ -14,7 +14,7 @@ use common::{mac_text, poll_settled, Env, LabTests};
 use sesame_capture::filter::{op, FilterSpec, Insn, Program};
 use sesame_capture::iface;
 use sesame_capture::ring::{Fanout, FanoutMode, Ring, RingConfig};
-use sesame_capture::{parse_frame, Knock, Proto};
+use sesame_capture::{parse_frame, Knock, Link, Proto};
 use sesame_lab::ChildGuard;
 
 const LAB: LabTests = LabTests { tag: "rl", server_timeout: Duration::from_secs(40) };
@@ -156,7 +156,7 @@ fn spec(env: &Env, tcp: &[u16], udp: &[u16]) -> FilterSpec {
 }
 
 fn knock_ring(env: &Env, cfg: &RingConfig, tcp: &[u16], udp: &[u16]) -> Ring {
-    let program = Program::knock(&spec(env, tcp, udp)).unwrap();
+    let program = Program::knock(&spec(env, tcp, udp), Link::Ethernet).unwrap();
     Ring::open(&env.server_if, cfg, &program).unwrap()
 }
 
@@ -314,7 +314,7 @@ fn set_filter_changes_what_is_captured() {
         let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
         assert_eq!(got.ports(), vec![(Proto::Tcp, 7000)]);
 
-        ring.set_filter(&Program::knock(&spec(env, &[], &[9000])).unwrap()).unwrap();
+        ring.set_filter(&Program::knock(&spec(env, &[], &[9000]), Link::Ethernet).unwrap()).unwrap();
         drain(&mut ring);
         env.client_py(&sends);
         let got = collect(&mut ring, Duration::from_secs(3), |c| !c.frames.is_empty());
@@ -332,7 +332,7 @@ fn set_filter_changes_what_is_captured() {
 #[test]
 fn kernel_and_interpreter_agree() {
     in_server_ns("kernel_and_interpreter_agree", |env| {
-        let program = Program::knock(&spec(env, &[7000, 8000], &[9000])).unwrap();
+        let program = Program::knock(&spec(env, &[7000, 8000], &[9000]), Link::Ethernet).unwrap();
         let mut all = Ring::open(&env.server_if, &RingConfig::default(), &Program::accept_all()).unwrap();
         let mut knock = Ring::open(&env.server_if, &RingConfig::default(), &program).unwrap();
         let v4 = env.server_v4.to_string();
@@ -420,7 +420,7 @@ fn vlan_tags() {
 #[test]
 fn fanout_groups_share_the_packets() {
     in_server_ns("fanout_groups_share_the_packets", |env| {
-        let program = Program::knock(&spec(env, &[], &[9000])).unwrap();
+        let program = Program::knock(&spec(env, &[], &[9000]), Link::Ethernet).unwrap();
         let dst = env.server_v4.to_string();
         let ten: Vec<(&str, u16)> = vec![("udp", 9000); 10];
         // Two rings join group `group_id`, ten datagrams come; how many each ring got.

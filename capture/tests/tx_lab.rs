@@ -19,7 +19,7 @@ use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::frame::tcp_flags;
 use sesame_capture::ring::{Ring, RingConfig};
 use sesame_capture::tx::{TxConfig, TxRing};
-use sesame_capture::{parse_frame, CaptureError, Knock, Proto};
+use sesame_capture::{parse_frame, CaptureError, Knock, Link, Proto};
 
 const LAB: LabTests = LabTests { tag: "tx", server_timeout: Duration::from_secs(60) };
 
@@ -93,7 +93,7 @@ fn server_ring(env: &Env, cfg: &RingConfig, tcp: &[u16], udp: &[u16]) -> Ring {
         tcp_ports: tcp.to_vec(),
         udp_ports: udp.to_vec(),
     };
-    Ring::open(&env.server_if, cfg, &Program::knock(&spec).unwrap()).unwrap()
+    Ring::open(&env.server_if, cfg, &Program::knock(&spec, Link::Ethernet).unwrap()).unwrap()
 }
 
 /// Queues and sends `frames` (a frame and whether to spoil its L4 checksum), waiting

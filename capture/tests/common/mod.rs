@@ -1,5 +1,5 @@
-//! The harness of the lab tests (ring_lab.rs, tx_lab.rs, fanout_lab.rs), which need
-//! packet sockets inside a throw-away lab (needs root).
+//! The harness of the lab tests (ring_lab.rs, tx_lab.rs, fanout_lab.rs, link_lab.rs),
+//! which need packet sockets inside a throw-away lab (needs root).
 //!
 //! A packet socket belongs to the network namespace it was created in: each test
 //! re-runs itself (this test binary, `--exact` that test) inside the lab's server
@@ -9,6 +9,11 @@
 //! (dropped, with both namespaces, whatever happens), bounds the server run in time and
 //! prints its output. A client run prints its results as `@@ key=value ...` lines for
 //! the server run ([`Client::finish`]).
+//!
+//! A test that needs no second namespace runs alone in a fresh one instead
+//! ([`LabTests::run_alone`]); the outer copy may work in that namespace meanwhile
+//! (create devices, inject traffic), and the two meet through signal files ([`Outer`],
+//! [`Alone`]).
 
 // Each test binary uses a part of it.
 #![allow(dead_code)]
@@ -16,13 +21,15 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "tx")]
 use sesame_capture::craft::FrameSpec;
+#[cfg(feature = "tx")]
 use sesame_capture::Proto;
-use sesame_lab::{ChildGuard, Lab, TempDir};
+use sesame_lab::{ChildGuard, Lab, Netns, TempDir};
 
 const ROLE: &str = "SESAME_CAPTURE_LAB_ROLE";
 /// How long a client run may take.
@@ -74,13 +81,147 @@ impl LabTests {
         }
         let mut child = ChildGuard::spawn(&mut cmd).expect("start server run");
         let status = child.wait_timeout(self.server_timeout).unwrap();
-        let out = std::fs::read_to_string(&log_path).unwrap_or_default();
-        println!("---- server run of {test} in {} ----\n{out}", lab.server.name());
-        match status {
-            Some(st) if st.success() => assert!(out.contains("1 passed"), "server run did not run {test}"),
-            Some(st) => panic!("server run of {test} failed ({st})"),
-            None => panic!("server run of {test} did not finish in {:?}", self.server_timeout),
+        check_inner_run(test, "server", lab.server.name(), status, &log_path, self.server_timeout);
+    }
+
+    /// Runs lab test `test` alone in a fresh namespace of its own (only `lo` in it):
+    /// `inner` runs there, in a copy of this test binary. `outer`, if given, runs here
+    /// meanwhile with the namespace: it may set things up, pass arguments, start the
+    /// inner run ([`Outer::start`], else it starts when `outer` returns), meet it at
+    /// signals, and wait for it ([`Outer::finish`], else after `outer` returns).
+    pub fn run_alone(&self, test: &str, inner: fn(&Alone), outer: Option<fn(&mut Outer)>) {
+        if std::env::var(ROLE).as_deref() == Ok("alone") {
+            return inner(&Alone { dir: var("DIR").into() });
         }
+        if !sesame_lab::require_root(test) {
+            return;
+        }
+        let ns = Netns::new(&format!("{}a", self.tag)).expect("build namespace");
+        let dir = TempDir::new(&format!("{}lab", self.tag)).unwrap();
+        let mut o = Outer {
+            test,
+            ns: &ns,
+            dir: dir.path(),
+            timeout: self.server_timeout,
+            args: Vec::new(),
+            run: None,
+            finished: false,
+        };
+        if let Some(outer) = outer {
+            outer(&mut o);
+        }
+        o.finish();
+    }
+}
+
+/// Fails the test unless an inner run (`role`) of `test` exited successfully and ran it;
+/// prints its output either way.
+fn check_inner_run(
+    test: &str,
+    role: &str,
+    ns: &str,
+    status: Option<std::process::ExitStatus>,
+    log: &Path,
+    timeout: Duration,
+) {
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    println!("---- {role} run of {test} in {ns} ----\n{out}");
+    match status {
+        Some(st) if st.success() => assert!(out.contains("1 passed"), "{role} run did not run {test}"),
+        Some(st) => panic!("{role} run of {test} failed ({st})"),
+        None => panic!("{role} run of {test} did not finish in {timeout:?}"),
+    }
+}
+
+/// The outer side of a [`LabTests::run_alone`] test.
+pub struct Outer<'a> {
+    test: &'a str,
+    /// The namespace the inner run runs in.
+    pub ns: &'a Netns,
+    dir: &'a Path,
+    timeout: Duration,
+    args: Vec<(String, String)>,
+    run: Option<(ChildGuard, Instant)>,
+    finished: bool,
+}
+
+impl Outer<'_> {
+    /// An argument for the inner run to read with [`arg`]; before [`Outer::start`].
+    pub fn arg(&mut self, k: &str, v: impl Into<String>) {
+        assert!(self.run.is_none(), "arguments go before the inner run starts");
+        self.args.push((k.to_owned(), v.into()));
+    }
+
+    /// Starts the inner run in the namespace (once).
+    pub fn start(&mut self) {
+        if self.run.is_some() || self.finished {
+            return;
+        }
+        let log = File::create(self.dir.join("alone.log")).unwrap();
+        let mut cmd = self.ns.command(std::env::current_exe().unwrap());
+        cmd.args([self.test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE, "alone")
+            .env(format!("{ROLE}_DIR"), self.dir)
+            .env("RUST_BACKTRACE", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &self.args {
+            cmd.env(format!("{ROLE}_ARG_{k}"), v);
+        }
+        self.run = Some((ChildGuard::spawn(&mut cmd).expect("start inner run"), Instant::now()));
+    }
+
+    /// Waits for the inner run to raise `signal` ([`Alone::signal`]); fails the test
+    /// (with the inner run's output) if it does not within `timeout` or exits first.
+    pub fn wait_for(&mut self, signal: &str, timeout: Duration) {
+        self.start();
+        let path = self.dir.join(format!("signal-{signal}"));
+        let (child, _) = self.run.as_mut().expect("started");
+        let seen = sesame_lab::wait_until(timeout, || path.exists() || !child.is_running());
+        if !(seen && path.exists()) {
+            let out = std::fs::read_to_string(self.dir.join("alone.log")).unwrap_or_default();
+            panic!("inner run of {} did not signal {signal:?}:\n{out}", self.test);
+        }
+    }
+
+    /// Raises `signal` for the inner run ([`Alone::wait_for`]).
+    pub fn signal(&self, signal: &str) {
+        File::create(self.dir.join(format!("signal-{signal}"))).unwrap();
+    }
+
+    /// Waits for the inner run to finish (starting it first if need be) and fails the
+    /// test if it failed. Once; later calls do nothing.
+    pub fn finish(&mut self) {
+        self.start();
+        let Some((mut child, started)) = self.run.take() else { return };
+        self.finished = true;
+        let status = child.wait_timeout(self.timeout.saturating_sub(started.elapsed())).unwrap();
+        check_inner_run(
+            self.test,
+            "inner",
+            self.ns.name(),
+            status,
+            &self.dir.join("alone.log"),
+            self.timeout,
+        );
+    }
+}
+
+/// The inner side of a [`LabTests::run_alone`] test, in its own namespace.
+pub struct Alone {
+    dir: PathBuf,
+}
+
+impl Alone {
+    /// Raises `signal` for the outer run ([`Outer::wait_for`]).
+    pub fn signal(&self, signal: &str) {
+        File::create(self.dir.join(format!("signal-{signal}"))).unwrap();
+    }
+
+    /// Waits up to `timeout` for the outer run to raise `signal`.
+    pub fn wait_for(&self, signal: &str, timeout: Duration) -> bool {
+        let path = self.dir.join(format!("signal-{signal}"));
+        sesame_lab::wait_until(timeout, || path.exists())
     }
 }
 
@@ -162,6 +303,7 @@ impl Env {
 
     /// A UDP knock on the server's port 9000 from `src_port` of `src` (at `src_mac`),
     /// to the server's address of the same family.
+    #[cfg(feature = "tx")]
     pub fn udp_knock(&self, src_mac: [u8; 6], src: IpAddr, src_port: u16) -> FrameSpec {
         FrameSpec {
             src_mac,
