@@ -13,7 +13,8 @@ use sesame_capture::craft::{write_frame, FrameSpec};
 use sesame_capture::frame::tcp_flags::SYN;
 use sesame_capture::{parse_frame, Proto};
 use sesame_engine::config::{parse_sequence, Config, Door, Options, TcpFlagRule};
-use sesame_engine::matcher::{Doors, Event, Matcher, Sink, BATCH};
+use sesame_engine::doors::Doors;
+use sesame_engine::matcher::{Event, Matcher, Sink, BATCH};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -114,7 +115,7 @@ fn run(m: &mut Matcher, frames: &Frames, sink: &mut Count) {
                 batch.push((k, 1_000));
             }
         }
-        m.on_knocks(&batch, sink);
+        m.on_knocks(0, &batch, sink);
     }
 }
 

@@ -9,7 +9,6 @@
 //! The capture thread never formats or writes: it sends [`LogItem`]s over a
 //! channel and this thread turns them into text.
 
-use crate::config::Config;
 use crate::matcher::Event;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use sesame_firewall::Report;
@@ -101,8 +100,6 @@ pub enum LogItem {
     Report(Report),
     /// A line of the daemon's own (`starting up, ...`, `shutting down`, errors).
     Text(Message),
-    /// Door names changed (config reload); later events refer to these doors.
-    Config(Arc<Config>),
     /// Write everything so far and acknowledge.
     Flush(Sender<()>),
 }
@@ -185,14 +182,14 @@ const QUEUE: usize = 65_536;
 
 /// Opens the destinations and starts the log thread. Fails if the log file cannot be
 /// opened, so that a daemon never runs without the log its config asks for.
-pub fn start(dest: Destinations, config: Arc<Config>) -> std::io::Result<(Log, LogThread)> {
+pub fn start(dest: Destinations) -> std::io::Result<(Log, LogThread)> {
     let file = match &dest.file {
         Some(p) => Some(open_log_file(p)?),
         None => None,
     };
     let syslog = dest.syslog.then(Syslog::connect);
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let mut writer = Writer { file, syslog, stdout: dest.stdout, lookup: dest.lookup, config };
+    let mut writer = Writer { file, syslog, stdout: dest.stdout, lookup: dest.lookup };
     let handle = std::thread::Builder::new()
         .name("sesame-log".into())
         .spawn(move || writer.run(rx))
@@ -263,7 +260,6 @@ struct Writer {
     syslog: Option<Syslog>,
     stdout: bool,
     lookup: bool,
-    config: Arc<Config>,
 }
 
 impl Writer {
@@ -271,20 +267,17 @@ impl Writer {
         for item in rx {
             let msg = match item {
                 LogItem::Event(e) => {
-                    let door = event_door(&e).and_then(|d| self.config.doors.get(usize::from(d)));
-                    let name = door.map_or("?", |d| d.name.as_str());
+                    // By identity: the event may come from before a reload that moved
+                    // or removed its door.
+                    let name = e.door().name();
                     let host = self.host(event_ip(&e));
-                    event_message(&e, name, host.as_deref())
+                    event_message(&e, &name, host.as_deref())
                 }
                 LogItem::Report(r) => {
                     let host = self.host(report_ip(&r));
                     report_message(&r, host.as_deref())
                 }
                 LogItem::Text(m) => m,
-                LogItem::Config(c) => {
-                    self.config = c;
-                    continue;
-                }
                 LogItem::Flush(ack) => {
                     if let Some(f) = &mut self.file {
                         let _ = f.flush();
@@ -321,16 +314,6 @@ impl Writer {
     }
 }
 
-fn event_door(e: &Event) -> Option<u16> {
-    match e {
-        Event::Stage { door, .. }
-        | Event::Open { door, .. }
-        | Event::Timeout { door, .. }
-        | Event::DoorDisabled { door }
-        | Event::OneTimeError { door, .. } => Some(*door),
-    }
-}
-
 fn event_ip(e: &Event) -> Option<IpAddr> {
     match e {
         Event::Stage { src, .. } | Event::Open { src, .. } | Event::Timeout { src, .. } => Some(*src),
@@ -355,6 +338,10 @@ mod tests {
 
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
 
+    fn key() -> crate::doors::DoorKey {
+        crate::doors::DoorKey::of("openSSH", 0)
+    }
+
     fn at() -> chrono::DateTime<chrono::Local> {
         chrono::Local.with_ymd_and_hms(2026, 11, 21, 8, 16, 59).unwrap()
     }
@@ -366,19 +353,19 @@ mod tests {
     #[test]
     fn matcher_events_read_as_knockd_writes_them() {
         assert_eq!(
-            line(event_message(&Event::Stage { src: IP, door: 0, stage: 2 }, "openSSH", None)),
+            line(event_message(&Event::Stage { src: IP, door: key(), stage: 2 }, "openSSH", None)),
             "[2026-11-21 08:16] 198.18.0.2: openSSH: Stage 2\n"
         );
         assert_eq!(
-            line(event_message(&Event::Open { src: IP, door: 0 }, "openSSH", None)),
+            line(event_message(&Event::Open { src: IP, door: key() }, "openSSH", None)),
             "[2026-11-21 08:16] 198.18.0.2: openSSH: OPEN SESAME\n"
         );
         assert_eq!(
-            line(event_message(&Event::Timeout { src: IP, door: 0, stage: 2 }, "openSSH", None)),
+            line(event_message(&Event::Timeout { src: IP, door: key(), stage: 2 }, "openSSH", None)),
             "[2026-11-21 08:16] 198.18.0.2: openSSH: sequence timeout (stage 2)\n\n"
         );
         assert_eq!(
-            line(event_message(&Event::DoorDisabled { door: 0 }, "otp", None)),
+            line(event_message(&Event::DoorDisabled { door: key() }, "otp", None)),
             "[2026-11-21 08:16] no more sequences left in the one time sequences file for door otp --> disabling the door\n"
         );
     }
@@ -386,7 +373,7 @@ mod tests {
     #[test]
     fn lookups_name_the_host_in_parentheses() {
         assert_eq!(
-            event_message(&Event::Stage { src: IP, door: 0, stage: 1 }, "d", Some("client.example")).text,
+            event_message(&Event::Stage { src: IP, door: key(), stage: 1 }, "d", Some("client.example")).text,
             "198.18.0.2 (client.example): d: Stage 1"
         );
     }
@@ -416,18 +403,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sesame-log-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("knockd.log");
-        let mut d = crate::config::Door::new("openSSH", vec![]);
-        d.name = "openSSH".into();
-        let config = Arc::new(Config {
-            source: "t".into(),
-            options: crate::config::Options::default(),
-            doors: vec![d],
-            tuning: Default::default(),
-        });
-        let (log, thread) =
-            start(Destinations { file: Some(path.clone()), ..Default::default() }, config).unwrap();
+        let (log, thread) = start(Destinations { file: Some(path.clone()), ..Default::default() }).unwrap();
         log.text("starting up, listening on eth0");
-        log.offer(LogItem::Event(Event::Stage { src: IP, door: 0, stage: 1 }));
+        log.offer(LogItem::Event(Event::Stage { src: IP, door: key(), stage: 1 }));
         log.send(LogItem::Report(Report::Running { door_name: "openSSH".into(), command: "true".into() }));
         log.flush();
         drop(log);

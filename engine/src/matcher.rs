@@ -1,5 +1,6 @@
-//! The knock state machine: knockd 0.8's matching rules, driven by packet
-//! timestamps and an explicit clock so every rule is tested without sleeping.
+//! One worker's matcher: knockd 0.8's matching rules over the worker's share of the
+//! sources, driven by packet timestamps and an explicit clock so every rule is tested
+//! without sleeping.
 //!
 //! Rules (see `knockd-behaviour.md`):
 //! - one attempt per (source, door); doors sharing a prefix advance in parallel;
@@ -10,7 +11,7 @@
 //! - any other knock port invalidates the attempt, and that packet is consumed
 //!   (it does not start a new attempt of the same door);
 //! - ports of no door are invisible (knockd filters them in the kernel), and so are
-//!   packets not addressed to us (or to the door's Target);
+//!   packets not addressed to the receiving interface (or to the door's Target);
 //! - the sequence must complete within `seq_timeout` whole seconds of the first
 //!   knock; expired attempts are dropped before the packet is looked at.
 //!
@@ -19,42 +20,52 @@
 //! bounded [`Tracker`] instead of a list that grows with a flood.
 //!
 //! Each capture worker owns one `Matcher` outright. What workers share is the door
-//! list ([`Doors`]); only one-time doors change at run time, and a worker notices such
+//! table ([`Doors`]); only one-time doors change at run time, and a worker notices such
 //! a change with one atomic load, taking a lock only when it happened.
 
-use crate::config::onetime::{OneTimeFile, OneTimeLine};
-use crate::config::{Config, ConfigError, Door, Step, TcpFlagRule};
-use crate::tracker::{Inserted, Tracker, TrackerStats};
-use sesame_capture::filter::FilterSpec;
-use sesame_capture::{Knock, Proto};
+use crate::doors::{DoorId, DoorKey, DoorState, Doors};
+use crate::filter_spec;
+use crate::knocking::{Advance, Knocking, Opened, Start};
+use crate::port_index::PortIndex;
+use crate::tracker::{Bucket, Inserted, Tracker, TrackerStats};
+use sesame_capture::filter::{FilterSpec, Program};
+use sesame_capture::{CaptureError, Knock, Link};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// Index of a door in the config's door list.
-pub type DoorId = u16;
+pub use crate::knocking::Secs;
 
 /// Packets whose table lookups [`Matcher::on_knocks`] overlaps.
 pub const BATCH: usize = 32;
 
-/// Time as whole seconds since the epoch: knockd compares packet timestamps truncated
-/// to seconds, and so do we, to the same rounding.
-pub type Secs = u64;
-
-/// What the matcher reports. Door names and commands are looked up by the consumer.
+/// What the matcher reports, naming doors by identity: an event may reach the log
+/// after a reload has moved its door elsewhere in the file, or removed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// `IP: DOOR: Stage N`
-    Stage { src: IpAddr, door: DoorId, stage: u8 },
+    Stage { src: IpAddr, door: DoorKey, stage: u8 },
     /// `IP: DOOR: OPEN SESAME`
-    Open { src: IpAddr, door: DoorId },
+    Open { src: IpAddr, door: DoorKey },
     /// `IP: DOOR: sequence timeout (stage N)`
-    Timeout { src: IpAddr, door: DoorId, stage: u8 },
+    Timeout { src: IpAddr, door: DoorKey, stage: u8 },
     /// A one-time door used its last sequence and is disabled.
-    DoorDisabled { door: DoorId },
+    DoorDisabled { door: DoorKey },
     /// A one-time sequence file could not be updated or read; the door is disabled
     /// rather than left open to a replay.
-    OneTimeError { door: DoorId, message: String },
+    OneTimeError { door: DoorKey, message: String },
+}
+
+impl Event {
+    pub fn door(&self) -> DoorKey {
+        match self {
+            Event::Stage { door, .. }
+            | Event::Open { door, .. }
+            | Event::Timeout { door, .. }
+            | Event::DoorDisabled { door }
+            | Event::OneTimeError { door, .. } => *door,
+        }
+    }
 }
 
 /// Where events go. The daemon's sink rate-limits per-packet events and hands
@@ -66,219 +77,6 @@ pub trait Sink {
 impl Sink for Vec<Event> {
     fn event(&mut self, event: Event) {
         self.push(event);
-    }
-}
-
-/// An attempt in progress: `stage` steps matched (at least one, fewer than all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Knocking {
-    stage: u8,
-    started: Secs,
-}
-
-/// A completed sequence. Holding one is the only way to produce an [`Event::Open`].
-#[derive(Debug, PartialEq, Eq)]
-pub struct Opened;
-
-/// Where a knock takes an attempt.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Advance {
-    /// The next step matched; more to go.
-    Next(Knocking),
-    /// The last step matched.
-    Open(Opened),
-    /// Right port, wrong TCP flags: the packet does not count either way.
-    Ignored(Knocking),
-    /// Anything else: the attempt is invalidated and the packet consumed.
-    Broken,
-}
-
-/// What a first knock gives.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Start {
-    Knocking(Knocking),
-    Open(Opened),
-    No,
-}
-
-impl Knocking {
-    /// An attempt as stored in the tracker.
-    pub(crate) fn at(stage: u8, started: Secs) -> Knocking {
-        Knocking { stage, started }
-    }
-
-    /// A packet that may begin an attempt at `door`.
-    pub fn start(door: &DoorState, k: &Knock, now: Secs) -> Start {
-        if !door.flags_ok(k) || !door.step_is(0, k) {
-            return Start::No;
-        }
-        if door.sequence.len() == 1 {
-            Start::Open(Opened)
-        } else {
-            Start::Knocking(Knocking { stage: 1, started: now })
-        }
-    }
-
-    /// The next packet of this attempt.
-    pub fn knock(self, door: &DoorState, k: &Knock) -> Advance {
-        let flags_ok = door.flags_ok(k);
-        if flags_ok && door.step_is(self.stage as usize, k) {
-            let stage = self.stage + 1;
-            if stage as usize >= door.sequence.len() {
-                Advance::Open(Opened)
-            } else {
-                Advance::Next(Knocking { stage, ..self })
-            }
-        } else if !flags_ok {
-            Advance::Ignored(self)
-        } else {
-            Advance::Broken
-        }
-    }
-
-    pub fn stage(&self) -> u8 {
-        self.stage
-    }
-
-    pub fn started(&self) -> Secs {
-        self.started
-    }
-
-    /// knockd's test: whole seconds since the first knock reach the timeout.
-    pub fn expired(&self, door: &DoorState, now: Secs) -> bool {
-        now.saturating_sub(self.started) >= u64::from(door.seq_timeout)
-    }
-}
-
-/// A one-time door's file and current line, shared by all workers.
-#[derive(Debug)]
-struct OneTime {
-    /// Bumped each time the current sequence changes.
-    generation: AtomicU64,
-    state: Mutex<OneTimeState>,
-}
-
-#[derive(Debug)]
-struct OneTimeState {
-    file: OneTimeFile,
-    /// `None` once the door is disabled.
-    line: Option<OneTimeLine>,
-}
-
-/// The doors, shared by every worker's matcher.
-#[derive(Debug)]
-pub struct Doors {
-    initial: Vec<DoorState>,
-    one_time: Vec<Option<OneTime>>,
-}
-
-impl Doors {
-    /// Compiles the config's doors, reading the one-time-sequence files.
-    pub fn new(config: &Config) -> Result<Arc<Doors>, ConfigError> {
-        assert!(config.doors.len() <= usize::from(DoorId::MAX), "too many doors");
-        let mut initial = Vec::new();
-        let mut one_time = Vec::new();
-        for door in &config.doors {
-            let (state, ot) = DoorState::from_door(door)?;
-            initial.push(state);
-            one_time.push(ot);
-        }
-        Ok(Arc::new(Doors { initial, one_time }))
-    }
-
-    /// Doors that are disabled from the start (one-time files with no sequence left).
-    pub fn disabled(&self) -> impl Iterator<Item = DoorId> + '_ {
-        self.initial.iter().enumerate().filter(|(_, d)| !d.enabled).map(|(i, _)| i as DoorId)
-    }
-
-    pub fn len(&self) -> usize {
-        self.initial.len()
-    }
-
-    /// The kernel filter for these doors as configured, on our addresses `local`.
-    pub fn filter_spec(&self, local: &[IpAddr], ipv6: bool) -> FilterSpec {
-        filter_spec(&self.initial, local, ipv6)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.initial.is_empty()
-    }
-}
-
-/// What the kernel filter must let through: every knock port of every enabled door,
-/// to our addresses (`local`) and the doors' targets.
-fn filter_spec(doors: &[DoorState], local: &[IpAddr], ipv6: bool) -> FilterSpec {
-    let mut spec = FilterSpec::default();
-    let mut add = |ip: IpAddr| match ip {
-        IpAddr::V4(a) if !spec.v4_dst.contains(&a) => spec.v4_dst.push(a),
-        IpAddr::V6(a) if ipv6 && !spec.v6_dst.contains(&a) => spec.v6_dst.push(a),
-        _ => {}
-    };
-    let enabled = doors.iter().filter(|d| d.enabled);
-    if enabled.clone().any(|d| d.target.is_none()) {
-        local.iter().copied().for_each(&mut add);
-    }
-    enabled.clone().filter_map(|d| d.target).for_each(&mut add);
-    for step in enabled.flat_map(|d| &d.sequence) {
-        match step.proto {
-            Proto::Tcp => spec.tcp_ports.push(step.port),
-            Proto::Udp => spec.udp_ports.push(step.port),
-        }
-    }
-    for ports in [&mut spec.tcp_ports, &mut spec.udp_ports] {
-        ports.sort_unstable();
-        ports.dedup();
-    }
-    spec
-}
-
-/// The matching-relevant part of a door, as one worker currently sees it.
-#[derive(Clone, Debug)]
-pub struct DoorState {
-    pub sequence: Vec<Step>,
-    pub seq_timeout: u32,
-    flags: TcpFlagRule,
-    target: Option<IpAddr>,
-    enabled: bool,
-    /// For one-time doors: the shared generation this copy was made from.
-    generation: u64,
-}
-
-impl DoorState {
-    fn from_door(door: &Door) -> Result<(DoorState, Option<OneTime>), ConfigError> {
-        let (sequence, one_time) = match &door.one_time {
-            None => (door.sequence.clone(), None),
-            Some(ots) => {
-                let file = OneTimeFile::open(&ots.path)?;
-                let line = file.current()?;
-                let seq = line.as_ref().map(|l| l.sequence.clone()).unwrap_or_default();
-                (
-                    seq,
-                    Some(OneTime {
-                        generation: AtomicU64::new(0),
-                        state: Mutex::new(OneTimeState { file, line }),
-                    }),
-                )
-            }
-        };
-        let enabled = !sequence.is_empty();
-        let state = DoorState {
-            sequence,
-            seq_timeout: door.seq_timeout,
-            flags: door.tcp_flags,
-            target: door.target,
-            enabled,
-            generation: 0,
-        };
-        Ok((state, one_time))
-    }
-
-    fn flags_ok(&self, k: &Knock) -> bool {
-        k.proto != Proto::Tcp || self.flags.matches(k.tcp_flags)
-    }
-
-    fn step_is(&self, i: usize, k: &Knock) -> bool {
-        self.sequence.get(i).is_some_and(|s| s.port == k.dst_port && s.proto == k.proto)
     }
 }
 
@@ -295,64 +93,14 @@ pub struct MatchStats {
     pub tracker: TrackerStats,
 }
 
-/// (protocol, port) → the doors with that step, as a dense table: one load per packet.
-struct PortIndex {
-    /// Index into `lists` + 1 for each (protocol, port); 0 = no door.
-    slots: Box<[u16]>,
-    lists: Vec<Vec<DoorId>>,
-}
-
-impl PortIndex {
-    fn new(doors: &[DoorState]) -> PortIndex {
-        let mut index = PortIndex { slots: vec![0u16; 2 * 65536].into_boxed_slice(), lists: Vec::new() };
-        for (id, door) in doors.iter().enumerate().filter(|(_, d)| d.enabled) {
-            for step in &door.sequence {
-                let slot = Self::slot(step.proto, step.port);
-                if index.slots[slot] == 0 {
-                    index.lists.push(Vec::new());
-                    index.slots[slot] = index.lists.len() as u16;
-                }
-                let list = &mut index.lists[usize::from(index.slots[slot]) - 1];
-                if !list.contains(&(id as DoorId)) {
-                    list.push(id as DoorId);
-                }
-            }
-        }
-        index
-    }
-
-    fn slot(proto: Proto, port: u16) -> usize {
-        usize::from(proto == Proto::Udp) << 16 | usize::from(port)
-    }
-
-    fn doors(&self, proto: Proto, port: u16) -> &[DoorId] {
-        match self.slots[Self::slot(proto, port)] {
-            0 => &[],
-            n => &self.lists[usize::from(n) - 1],
-        }
-    }
-
-    fn ports(&self) -> impl Iterator<Item = (Proto, u16)> + '_ {
-        self.slots.iter().enumerate().filter(|(_, &n)| n != 0).map(|(i, _)| {
-            let proto = if i >> 16 == 1 { Proto::Udp } else { Proto::Tcp };
-            (proto, i as u16)
-        })
-    }
-}
-
-impl std::fmt::Debug for PortIndex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.ports()).finish()
-    }
-}
-
 /// One worker's matcher: its view of the doors and its share of the attempts.
 #[derive(Debug)]
 pub struct Matcher {
     shared: Arc<Doors>,
     doors: Vec<DoorState>,
-    /// Our own addresses: what "addressed to us" means for doors without a Target.
-    local: Vec<IpAddr>,
+    /// Each interface's own addresses, by interface slot: what "addressed to us" means
+    /// for doors without a Target, for a packet that arrived on that interface.
+    local: Vec<Vec<IpAddr>>,
     ports: PortIndex,
     attempts: Tracker,
     stats: MatchStats,
@@ -367,7 +115,8 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// A matcher with a tracker of at most `budget` bytes, listening on `local`.
+    /// A matcher with a tracker of at most `budget` bytes, for one interface (slot 0)
+    /// with addresses `local`.
     pub fn new(doors: Arc<Doors>, local: Vec<IpAddr>, budget: usize) -> Matcher {
         Matcher::with_tracker(doors, local, Tracker::for_budget(budget))
     }
@@ -379,13 +128,21 @@ impl Matcher {
             ports: PortIndex::new(&mine),
             shared: doors,
             doors: mine,
-            local,
+            local: vec![local],
             attempts,
             stats: MatchStats::default(),
             has_one_time,
             generation: 0,
             swept: 0,
         }
+    }
+
+    /// Sets the addresses of the interface in `slot` (its place in the daemon's list).
+    pub fn set_local(&mut self, slot: usize, local: Vec<IpAddr>) {
+        if self.local.len() <= slot {
+            self.local.resize(slot + 1, Vec::new());
+        }
+        self.local[slot] = local;
     }
 
     pub fn stats(&self) -> MatchStats {
@@ -401,25 +158,27 @@ impl Matcher {
         &self.attempts
     }
 
+    /// The door table this matcher was built from or last reloaded with.
+    pub fn doors(&self) -> &Arc<Doors> {
+        &self.shared
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    /// What the kernel filter must let through for this worker's doors now.
-    pub fn filter_spec(&self, ipv6: bool) -> FilterSpec {
-        filter_spec(&self.doors, &self.local, ipv6)
+    fn local(&self, slot: usize) -> &[IpAddr] {
+        self.local.get(slot).map_or(&[], Vec::as_slice)
     }
 
-    /// Whether a packet to `dst` (which is one of ours iff `local`) addresses `door`.
-    fn addressed_to(door: &DoorState, dst: IpAddr, local: bool) -> bool {
-        match door.target {
-            Some(t) => t == dst,
-            None => local,
-        }
+    /// What the kernel filter of the interface in `slot` must let through now.
+    pub fn filter_spec(&self, slot: usize, ipv6: bool) -> FilterSpec {
+        filter_spec::spec(&self.doors, self.local(slot), ipv6)
     }
 
-    fn is_local(&self, dst: IpAddr) -> bool {
-        self.local.contains(&dst)
+    /// The kernel filter program for the interface in `slot`, of link type `link`.
+    pub fn filter_program(&self, slot: usize, ipv6: bool, link: Link) -> Result<Program, CaptureError> {
+        filter_spec::program(&self.doors, self.local(slot), ipv6, link)
     }
 
     /// Whether knockd's kernel filter would pass `k`: some enabled door has this
@@ -427,52 +186,44 @@ impl Matcher {
     fn visible(&self, k: &Knock, local: bool) -> bool {
         self.ports.doors(k.proto, k.dst_port).iter().any(|&id| {
             let d = &self.doors[usize::from(id)];
-            d.flags_ok(k) && Self::addressed_to(d, k.dst, local)
+            d.flags_ok(k) && d.addressed_by(k.dst, local)
         })
     }
 
-    /// Feeds one packet, seen at `now`.
+    /// Feeds one packet that arrived on interface 0, seen at `now`.
     pub fn on_knock(&mut self, k: &Knock, now: Secs, out: &mut impl Sink) {
-        if self.has_one_time {
-            self.refresh_one_time();
-        }
-        let local = self.is_local(k.dst);
-        if !self.visible(k, local) {
-            self.stats.invisible += 1;
-            return;
-        }
-        let bucket = self.attempts.bucket(k.src);
-        self.apply(k, now, local, &bucket, out);
+        self.on_knocks(0, &[(*k, now)], out);
     }
 
-    /// Feeds a batch of packets in order, as [`Matcher::on_knock`] would one by one.
+    /// Feeds a batch of packets that arrived on the interface in `slot`, in order, as
+    /// they would be one by one.
     ///
     /// Under a flood from random sources nearly every packet's bucket is a cache miss.
     /// Prefetching all the batch's buckets first lets those misses overlap instead of
     /// queueing one behind the other.
-    pub fn on_knocks(&mut self, knocks: &[(Knock, Secs)], out: &mut impl Sink) {
+    pub fn on_knocks(&mut self, slot: usize, knocks: &[(Knock, Secs)], out: &mut impl Sink) {
         if self.has_one_time {
             self.refresh_one_time();
         }
         let mut buckets = [None; BATCH];
         for chunk in knocks.chunks(BATCH) {
-            for ((k, _), slot) in chunk.iter().zip(buckets.iter_mut()) {
-                let local = self.is_local(k.dst);
-                *slot = self.visible(k, local).then(|| (self.attempts.bucket(k.src), local));
-                if let Some((b, _)) = slot {
+            for ((k, _), entry) in chunk.iter().zip(buckets.iter_mut()) {
+                let local = self.local(slot).contains(&k.dst);
+                *entry = self.visible(k, local).then(|| (self.attempts.bucket(k.src), local));
+                if let Some((b, _)) = entry {
                     self.attempts.prefetch(b);
                 }
             }
             let generation = self.generation;
-            for ((k, now), slot) in chunk.iter().zip(buckets.iter()) {
+            for ((k, now), entry) in chunk.iter().zip(buckets.iter()) {
                 // A one-time door that moved on mid-batch changes which ports count.
-                let slot = if self.generation == generation {
-                    *slot
+                let entry = if self.generation == generation {
+                    *entry
                 } else {
-                    let local = self.is_local(k.dst);
+                    let local = self.local(slot).contains(&k.dst);
                     self.visible(k, local).then(|| (self.attempts.bucket(k.src), local))
                 };
-                match slot {
+                match entry {
                     Some((b, local)) => self.apply(k, *now, local, &b, out),
                     None => self.stats.invisible += 1,
                 }
@@ -481,14 +232,7 @@ impl Matcher {
     }
 
     /// One visible packet, its source's bucket already found.
-    fn apply(
-        &mut self,
-        k: &Knock,
-        now: Secs,
-        local: bool,
-        bucket: &crate::tracker::Bucket,
-        out: &mut impl Sink,
-    ) {
+    fn apply(&mut self, k: &Knock, now: Secs, local: bool, bucket: &Bucket, out: &mut impl Sink) {
         self.stats.knocks += 1;
         let bucket = *bucket;
         // knockd's rule: a source with a live attempt (at a door this packet addresses)
@@ -499,30 +243,30 @@ impl Matcher {
         let mut live = false;
         for id in 0..self.doors.len() {
             let door = &self.doors[id];
-            if !door.enabled || !Self::addressed_to(door, k.dst, local) {
+            if !door.enabled || !door.addressed_by(k.dst, local) {
                 continue;
             }
-            let id = id as DoorId;
-            let Some(att) = self.attempts.take(&bucket, id) else { continue };
+            let key = door.key;
+            let Some(att) = self.attempts.take(&bucket, id as DoorId) else { continue };
             if att.expired(door, now) {
                 // Expired before this packet: dropped first, as knockd does.
                 self.stats.timeouts += 1;
-                out.event(Event::Timeout { src: k.src, door: id, stage: att.stage });
+                out.event(Event::Timeout { src: k.src, door: key, stage: att.stage() });
                 continue;
             }
             live = true;
             match att.knock(door, k) {
                 Advance::Next(next) => {
-                    out.event(Event::Stage { src: k.src, door: id, stage: next.stage });
+                    out.event(Event::Stage { src: k.src, door: key, stage: next.stage() });
                     // Taken just now, so its slot is free: this cannot be refused.
-                    self.attempts.insert(&bucket, id, next);
+                    self.attempts.insert(&bucket, id as DoorId, next);
                 }
                 Advance::Open(opened) => {
-                    out.event(Event::Stage { src: k.src, door: id, stage: att.stage + 1 });
-                    self.open(opened, k.src, id, out);
+                    out.event(Event::Stage { src: k.src, door: key, stage: att.stage() + 1 });
+                    self.open(opened, k.src, id as DoorId, out);
                 }
                 Advance::Ignored(same) => {
-                    self.attempts.insert(&bucket, id, same);
+                    self.attempts.insert(&bucket, id as DoorId, same);
                 }
                 Advance::Broken => self.stats.broken += 1,
             }
@@ -532,19 +276,19 @@ impl Matcher {
         }
         for id in 0..self.doors.len() {
             let door = &self.doors[id];
-            if !door.enabled || !Self::addressed_to(door, k.dst, local) {
+            if !door.enabled || !door.addressed_by(k.dst, local) {
                 continue;
             }
-            let id = id as DoorId;
+            let key = door.key;
             match Knocking::start(door, k, now) {
                 Start::Knocking(att) => {
-                    if self.attempts.insert(&bucket, id, att) != Inserted::Rejected {
-                        out.event(Event::Stage { src: k.src, door: id, stage: 1 });
+                    if self.attempts.insert(&bucket, id as DoorId, att) != Inserted::Rejected {
+                        out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     }
                 }
                 Start::Open(opened) => {
-                    out.event(Event::Stage { src: k.src, door: id, stage: 1 });
-                    self.open(opened, k.src, id, out);
+                    out.event(Event::Stage { src: k.src, door: key, stage: 1 });
+                    self.open(opened, k.src, id as DoorId, out);
                 }
                 Start::No => {}
             }
@@ -553,7 +297,7 @@ impl Matcher {
 
     fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, out: &mut impl Sink) {
         self.stats.opened += 1;
-        out.event(Event::Open { src, door: id });
+        out.event(Event::Open { src, door: self.doors[usize::from(id)].key });
         if self.shared.one_time[usize::from(id)].is_some() {
             self.next_one_time(id, out);
         }
@@ -564,6 +308,7 @@ impl Matcher {
     /// be marked used must not stay valid).
     fn next_one_time(&mut self, id: DoorId, out: &mut impl Sink) {
         let Some(ot) = &self.shared.one_time[usize::from(id)] else { return };
+        let key = self.doors[usize::from(id)].key;
         let mut state = ot.state.lock().unwrap_or_else(|p| p.into_inner());
         if ot.generation.load(Ordering::Acquire) != self.doors[usize::from(id)].generation {
             // Another worker moved on first; this success used a sequence that was
@@ -581,8 +326,8 @@ impl Matcher {
         };
         match result {
             Ok(Some(next)) => state.line = Some(next),
-            Ok(None) => out.event(Event::DoorDisabled { door: id }),
-            Err(message) => out.event(Event::OneTimeError { door: id, message }),
+            Ok(None) => out.event(Event::DoorDisabled { door: key }),
+            Err(message) => out.event(Event::OneTimeError { door: key, message }),
         }
         ot.generation.fetch_add(1, Ordering::AcqRel);
         drop(state);
@@ -614,37 +359,23 @@ impl Matcher {
         }
     }
 
-    /// Switches to a reloaded configuration in place, keeping the table (no second
-    /// allocation), the counters, and the attempts whose door is still there: same
-    /// name, sequence, flags, target and timeout. `old_names` and `names` are the two
-    /// configurations' door names. Attempts at changed or removed doors end.
-    pub fn reload(&mut self, doors: Arc<Doors>, local: Vec<IpAddr>, old_names: &[String], names: &[String]) {
+    /// Switches to a reloaded door table in place, keeping the attempt table (no second
+    /// allocation), the counters, the interfaces' addresses, and the attempts whose door
+    /// is still there: the same identity, matching the same way (sequence, flags,
+    /// target, timeout), wherever it now stands in the file. Attempts at changed or
+    /// removed doors end.
+    pub fn reload(&mut self, doors: Arc<Doors>) {
         let next = doors.initial.clone();
-        let same = |a: &DoorState, b: &DoorState| {
-            a.enabled
-                && b.enabled
-                && a.sequence == b.sequence
-                && a.flags == b.flags
-                && a.target == b.target
-                && a.seq_timeout == b.seq_timeout
-        };
-        let mut taken = vec![false; next.len()];
         let map: Vec<Option<DoorId>> = self
             .doors
             .iter()
-            .zip(old_names)
-            .map(|(od, on)| {
-                let i = (0..next.len()).find(|&i| !taken[i] && names[i] == *on && same(od, &next[i]))?;
-                taken[i] = true;
-                Some(i as DoorId)
-            })
+            .map(|old| next.iter().position(|new| old.same_as(new)).map(|i| i as DoorId))
             .collect();
         self.attempts.remap(|door| map.get(usize::from(door)).copied().flatten());
         self.ports = PortIndex::new(&next);
         self.doors = next;
         self.has_one_time = doors.one_time.iter().any(Option::is_some);
         self.shared = doors;
-        self.local = local;
         self.generation += 1;
     }
 
@@ -660,10 +391,11 @@ impl Matcher {
         let doors = &self.doors;
         let mut fired = 0;
         self.attempts.sweep(|src, door, att| {
-            let expired = att.expired(&doors[usize::from(door)], now);
+            let door = &doors[usize::from(door)];
+            let expired = att.expired(door, now);
             if expired {
                 fired += 1;
-                out.event(Event::Timeout { src, door, stage: att.stage });
+                out.event(Event::Timeout { src, door: door.key, stage: att.stage() });
             }
             expired
         });
@@ -674,8 +406,9 @@ impl Matcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse_sequence, Options, TcpFlagRule};
+    use crate::config::{parse_sequence, Config, Door, Options, TcpFlagRule};
     use sesame_capture::frame::tcp_flags::{ACK, SYN};
+    use sesame_capture::Proto;
     use std::net::{Ipv4Addr, Ipv6Addr};
     use std::path::PathBuf;
 
@@ -722,7 +455,11 @@ mod tests {
         out
     }
 
-    fn opens(events: &[Event]) -> Vec<(IpAddr, DoorId)> {
+    fn k(name: &str) -> DoorKey {
+        DoorKey::of(name, 0)
+    }
+
+    fn opens(events: &[Event]) -> Vec<(IpAddr, DoorKey)> {
         events
             .iter()
             .filter_map(|e| match e {
@@ -739,10 +476,10 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::Stage { src: A, door: 0, stage: 1 },
-                Event::Stage { src: A, door: 0, stage: 2 },
-                Event::Stage { src: A, door: 0, stage: 3 },
-                Event::Open { src: A, door: 0 },
+                Event::Stage { src: A, door: k("openSSH"), stage: 1 },
+                Event::Stage { src: A, door: k("openSSH"), stage: 2 },
+                Event::Stage { src: A, door: k("openSSH"), stage: 3 },
+                Event::Open { src: A, door: k("openSSH") },
             ]
         );
         assert_eq!(m.in_progress(), 0, "a completed attempt is removed");
@@ -752,7 +489,10 @@ mod tests {
     fn single_port_door_opens_on_first_knock() {
         let mut m = matcher(vec![door("one", "1234:udp", 5)]);
         let ev = run(&mut m, &[(1, udp(A, 1234))]);
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 0, stage: 1 }, Event::Open { src: A, door: 0 }]);
+        assert_eq!(
+            ev,
+            vec![Event::Stage { src: A, door: k("one"), stage: 1 }, Event::Open { src: A, door: k("one") }]
+        );
     }
 
     #[test]
@@ -760,7 +500,7 @@ mod tests {
         let mut m = matcher(vec![door("openSSH", "7000,8000,9000", 5)]);
         let ev = run(&mut m, &[(1, tcp(A, 8000, SYN)), (1, tcp(A, 7000, SYN)), (1, tcp(A, 9000, SYN))]);
         // 8000 is no first port: nothing; 7000 starts; 9000 breaks it, silently.
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 0, stage: 1 }]);
+        assert_eq!(ev, vec![Event::Stage { src: A, door: k("openSSH"), stage: 1 }]);
         assert_eq!(m.in_progress(), 0);
         assert_eq!(m.stats().broken, 1);
     }
@@ -774,7 +514,10 @@ mod tests {
         assert!(opens(&ev).is_empty(), "{ev:?}");
         assert_eq!(
             ev,
-            vec![Event::Stage { src: A, door: 0, stage: 1 }, Event::Stage { src: A, door: 0, stage: 2 }]
+            vec![
+                Event::Stage { src: A, door: k("d"), stage: 1 },
+                Event::Stage { src: A, door: k("d"), stage: 2 }
+            ]
         );
     }
 
@@ -782,7 +525,7 @@ mod tests {
     fn duplicate_knock_invalidates() {
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5)]);
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))]);
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 0, stage: 1 }]);
+        assert_eq!(ev, vec![Event::Stage { src: A, door: k("d"), stage: 1 }]);
     }
 
     #[test]
@@ -792,7 +535,7 @@ mod tests {
             &mut m,
             &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, ACK)), (1, tcp(A, 8000, SYN)), (1, tcp(A, 9000, SYN))],
         );
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("d"))]);
         // An ACK to the first port does not start anything either.
         let ev = run(&mut m, &[(2, tcp(B, 7000, ACK))]);
         assert!(ev.is_empty());
@@ -802,19 +545,19 @@ mod tests {
     fn plain_flag_means_set_and_others_ignored() {
         // `syn` also matches SYN+ACK; `!ack` forbids it.
         let mut m = matcher(vec![syn_only(door("d", "7000", 5))]);
-        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN | ACK))])), vec![(A, 0)]);
+        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN | ACK))])), vec![(A, k("d"))]);
         let mut d = door("d", "7000", 5);
         d.tcp_flags = TcpFlagRule { set: SYN, clear: ACK };
         let mut m = matcher(vec![d]);
         assert!(run(&mut m, &[(1, tcp(A, 7000, SYN | ACK))]).is_empty());
-        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN))])), vec![(A, 0)]);
+        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN))])), vec![(A, k("d"))]);
     }
 
     #[test]
     fn tcp_flags_do_not_apply_to_udp_steps() {
         let mut m = matcher(vec![syn_only(door("d", "7000,8000:udp", 5))]);
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, udp(A, 8000))]);
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("d"))]);
     }
 
     #[test]
@@ -823,7 +566,7 @@ mod tests {
         // visible, and it is not d's next step.
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5), door("u", "1,8000:udp", 5)]);
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, udp(A, 8000)), (1, tcp(A, 8000, SYN))]);
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 0, stage: 1 }]);
+        assert_eq!(ev, vec![Event::Stage { src: A, door: k("d"), stage: 1 }]);
     }
 
     #[test]
@@ -839,7 +582,7 @@ mod tests {
                 (1, tcp(A, 9000, SYN)),
             ],
         );
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("d"))]);
         assert_eq!(m.stats().invisible, 2);
     }
 
@@ -849,14 +592,14 @@ mod tests {
         // 5000 never reaches door n's attempt.
         let mut m = matcher(vec![syn_only(door("s", "5000,5001", 5)), door("n", "7000,8000", 5)]);
         let ev = run(&mut m, &[(1, tcp(A, 7000, ACK)), (1, tcp(A, 5000, ACK)), (1, tcp(A, 8000, ACK))]);
-        assert_eq!(opens(&ev), vec![(A, 1)]);
+        assert_eq!(opens(&ev), vec![(A, k("n"))]);
     }
 
     #[test]
     fn any_other_door_port_resets() {
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5), door("e", "1111,2222", 5)]);
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 2222, SYN)), (1, tcp(A, 8000, SYN))]);
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 0, stage: 1 }]);
+        assert_eq!(ev, vec![Event::Stage { src: A, door: k("d"), stage: 1 }]);
     }
 
     #[test]
@@ -866,12 +609,12 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::Stage { src: A, door: 0, stage: 1 },
-                Event::Stage { src: A, door: 1, stage: 1 },
-                Event::Stage { src: A, door: 0, stage: 2 },
-                Event::Stage { src: A, door: 1, stage: 2 },
-                Event::Stage { src: A, door: 1, stage: 3 },
-                Event::Open { src: A, door: 1 },
+                Event::Stage { src: A, door: k("ssh"), stage: 1 },
+                Event::Stage { src: A, door: k("pfx"), stage: 1 },
+                Event::Stage { src: A, door: k("ssh"), stage: 2 },
+                Event::Stage { src: A, door: k("pfx"), stage: 2 },
+                Event::Stage { src: A, door: k("pfx"), stage: 3 },
+                Event::Open { src: A, door: k("pfx") },
             ]
         );
     }
@@ -883,10 +626,10 @@ mod tests {
             matcher(vec![door("openSSH", "7000,8000,9000", 5), door("closeSSH", "9000,8000,7000", 5)]);
         let open = [7000, 8000, 9000].map(|p| (1, tcp(A, p, SYN)));
         let ev = run(&mut m, &open);
-        assert_eq!(opens(&ev), vec![(A, 0)]);
-        assert!(!ev.contains(&Event::Stage { src: A, door: 1, stage: 1 }), "{ev:?}");
+        assert_eq!(opens(&ev), vec![(A, k("openSSH"))]);
+        assert!(!ev.contains(&Event::Stage { src: A, door: k("closeSSH"), stage: 1 }), "{ev:?}");
         let close = [9000, 8000, 7000].map(|p| (2, tcp(A, p, SYN)));
-        assert_eq!(opens(&run(&mut m, &close)), vec![(A, 1)]);
+        assert_eq!(opens(&run(&mut m, &close)), vec![(A, k("closeSSH"))]);
     }
 
     #[test]
@@ -896,7 +639,10 @@ mod tests {
         let ev = run(&mut m, &[7000, 9000, 8000, 7000].map(|p| (1, tcp(A, p, SYN))));
         assert_eq!(
             ev,
-            vec![Event::Stage { src: A, door: 0, stage: 1 }, Event::Stage { src: A, door: 0, stage: 1 }]
+            vec![
+                Event::Stage { src: A, door: k("open"), stage: 1 },
+                Event::Stage { src: A, door: k("open"), stage: 1 }
+            ]
         );
     }
 
@@ -919,7 +665,7 @@ mod tests {
         let mut batched = matcher(doors());
         let mut got = Vec::new();
         let input: Vec<(Knock, Secs)> = knocks.iter().map(|(t, k)| (*k, *t)).collect();
-        batched.on_knocks(&input, &mut got);
+        batched.on_knocks(0, &input, &mut got);
         assert_eq!(got, expected);
         assert!(opens(&got).len() > 3, "the sample exercises opens: {}", opens(&got).len());
     }
@@ -946,17 +692,17 @@ mod tests {
         let (_dir, path, config) = one_time("7000,8000\n7100,8100\n");
         let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US], 1 << 20);
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))]);
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("otp"))]);
         // knockd's mark: '#' over the first byte, the file keeps its length.
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "#000,8000\n7100,8100\n");
         // The used sequence no longer opens; the next one does, from any source.
         assert!(opens(&run(&mut m, &[(2, tcp(B, 7000, SYN)), (2, tcp(B, 8000, SYN))])).is_empty());
         let ev = run(&mut m, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))]);
-        assert_eq!(opens(&ev), vec![(B, 0)]);
-        assert!(ev.contains(&Event::DoorDisabled { door: 0 }), "no sequence left: {ev:?}");
+        assert_eq!(opens(&ev), vec![(B, k("otp"))]);
+        assert!(ev.contains(&Event::DoorDisabled { door: k("otp") }), "no sequence left: {ev:?}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "#000,8000\n#100,8100\n");
         assert!(run(&mut m, &[(4, tcp(A, 7100, SYN)), (4, tcp(A, 8100, SYN))]).is_empty());
-        assert!(m.filter_spec(true).tcp_ports.is_empty(), "a disabled door's ports leave the filter");
+        assert!(m.filter_spec(0, true).tcp_ports.is_empty(), "a disabled door's ports leave the filter");
     }
 
     #[test]
@@ -965,12 +711,18 @@ mod tests {
         let doors = Doors::new(&config).unwrap();
         let mut w1 = Matcher::new(doors.clone(), vec![US], 1 << 20);
         let mut w2 = Matcher::new(doors, vec![US], 1 << 20);
-        assert_eq!(opens(&run(&mut w1, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))])), vec![(A, 0)]);
+        assert_eq!(
+            opens(&run(&mut w1, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))])),
+            vec![(A, k("otp"))]
+        );
         let generation = w2.generation();
         assert!(opens(&run(&mut w2, &[(2, tcp(B, 7000, SYN)), (2, tcp(B, 8000, SYN))])).is_empty());
         assert_ne!(w2.generation(), generation, "the other worker rebuilds its filter");
-        assert_eq!(w2.filter_spec(true).tcp_ports, vec![7100, 8100]);
-        assert_eq!(opens(&run(&mut w2, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))])), vec![(B, 0)]);
+        assert_eq!(w2.filter_spec(0, true).tcp_ports, vec![7100, 8100]);
+        assert_eq!(
+            opens(&run(&mut w2, &[(3, tcp(B, 7100, SYN)), (3, tcp(B, 8100, SYN))])),
+            vec![(B, k("otp"))]
+        );
     }
 
     #[test]
@@ -988,22 +740,20 @@ mod tests {
         let config = Config {
             source: "t".into(),
             options: Options::default(),
-            doors: new_doors.clone(),
+            doors: new_doors,
             tuning: Default::default(),
         };
-        let names = |d: &[Door]| d.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
         let capacity = old.tracker().capacity();
         let mut new = old;
-        new.reload(
-            Doors::new(&config).unwrap(),
-            vec![US, OTHER_US],
-            &["keep".into(), "change".into()],
-            &names(&new_doors),
-        );
+        new.reload(Doors::new(&config).unwrap());
         assert_eq!(new.tracker().capacity(), capacity, "the same table, not a new one");
         assert_eq!(new.in_progress(), 1, "only the unchanged door's attempt carries over");
         let ev = run(&mut new, &[(2, tcp(A, 8000, SYN)), (2, tcp(A, 9000, SYN))]);
-        assert_eq!(opens(&ev), vec![(A, 2)], "the knock continues at `keep`, now door 2: {ev:?}");
+        assert_eq!(
+            opens(&ev),
+            vec![(A, k("keep"))],
+            "the knock continues at `keep`, now third in the file: {ev:?}"
+        );
     }
 
     #[test]
@@ -1019,7 +769,7 @@ mod tests {
                 (1, tcp(A, 9000, SYN)),
             ],
         );
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("d"))]);
     }
 
     #[test]
@@ -1033,9 +783,9 @@ mod tests {
             tuning: Default::default(),
         };
         let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US, v6us], 1 << 20);
-        let k =
+        let kn =
             |p| Knock { src: v6a, dst: v6us, proto: Proto::Tcp, src_port: 1, dst_port: p, tcp_flags: SYN };
-        assert_eq!(opens(&run(&mut m, &[(1, k(7000)), (1, k(8000))])), vec![(v6a, 0)]);
+        assert_eq!(opens(&run(&mut m, &[(1, kn(7000)), (1, kn(8000))])), vec![(v6a, k("d"))]);
     }
 
     #[test]
@@ -1047,7 +797,7 @@ mod tests {
         // Any of our addresses will do, and they may differ between knocks.
         let mut second = tcp(A, 8000, SYN);
         second.dst = OTHER_US;
-        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, second)])), vec![(A, 0)]);
+        assert_eq!(opens(&run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, second)])), vec![(A, k("d"))]);
     }
 
     #[test]
@@ -1059,11 +809,11 @@ mod tests {
         let to_target = |p| Knock { dst: target, ..tcp(A, p, SYN) };
         // Knocks to our own address do nothing for the Target door...
         let ev = run(&mut m, &[(1, tcp(A, 7000, SYN)), (1, tcp(A, 8000, SYN))]);
-        assert_eq!(ev, vec![Event::Stage { src: A, door: 1, stage: 1 }]);
+        assert_eq!(ev, vec![Event::Stage { src: A, door: k("local"), stage: 1 }]);
         // ...and knocks to the target do nothing for the local door.
         let ev = run(&mut m, &[(2, to_target(7000)), (2, to_target(9000)), (2, to_target(8000))]);
-        assert!(ev.contains(&Event::Open { src: A, door: 0 }), "{ev:?}");
-        assert!(!ev.iter().any(|e| matches!(e, Event::Open { door: 1, .. })));
+        assert!(ev.contains(&Event::Open { src: A, door: k("t") }), "{ev:?}");
+        assert!(!ev.iter().any(|e| matches!(e, Event::Open { door, .. } if *door == k("local"))));
     }
 
     #[test]
@@ -1071,11 +821,11 @@ mod tests {
         let mut m = matcher(vec![door("d", "7000,8000,9000", 5)]);
         // 104 - 100 = 4 < 5: still in time, although the knocks are spread out.
         let ev = run(&mut m, &[(100, tcp(A, 7000, SYN)), (103, tcp(A, 8000, SYN)), (104, tcp(A, 9000, SYN))]);
-        assert_eq!(opens(&ev), vec![(A, 0)]);
+        assert_eq!(opens(&ev), vec![(A, k("d"))]);
         // 105 - 100 = 5 >= 5: too late, even though the previous knock was recent.
         let ev = run(&mut m, &[(100, tcp(B, 7000, SYN)), (104, tcp(B, 8000, SYN)), (105, tcp(B, 9000, SYN))]);
         assert!(opens(&ev).is_empty());
-        assert!(ev.contains(&Event::Timeout { src: B, door: 0, stage: 2 }), "{ev:?}");
+        assert!(ev.contains(&Event::Timeout { src: B, door: k("d"), stage: 2 }), "{ev:?}");
     }
 
     #[test]
@@ -1085,11 +835,11 @@ mod tests {
         assert_eq!(
             ev,
             vec![
-                Event::Stage { src: A, door: 0, stage: 1 },
-                Event::Timeout { src: A, door: 0, stage: 1 },
-                Event::Stage { src: A, door: 0, stage: 1 },
-                Event::Stage { src: A, door: 0, stage: 2 },
-                Event::Open { src: A, door: 0 },
+                Event::Stage { src: A, door: k("d"), stage: 1 },
+                Event::Timeout { src: A, door: k("d"), stage: 1 },
+                Event::Stage { src: A, door: k("d"), stage: 1 },
+                Event::Stage { src: A, door: k("d"), stage: 2 },
+                Event::Open { src: A, door: k("d") },
             ]
         );
     }
@@ -1107,7 +857,7 @@ mod tests {
         m.expire(104, &mut out);
         assert!(out.is_empty());
         m.expire(105, &mut out);
-        assert_eq!(out, vec![Event::Timeout { src: A, door: 0, stage: 2 }]);
+        assert_eq!(out, vec![Event::Timeout { src: A, door: k("d"), stage: 2 }]);
         assert_eq!(m.in_progress(), 0);
         out.clear();
         m.expire(1000, &mut out);
@@ -1124,7 +874,49 @@ mod tests {
         m.expire(105, &mut out);
         assert!(out.is_empty(), "the attempt begun at 103 is not due at 105: {out:?}");
         m.expire(108, &mut out);
-        assert_eq!(out, vec![Event::Timeout { src: A, door: 0, stage: 1 }]);
+        assert_eq!(out, vec![Event::Timeout { src: A, door: k("d"), stage: 1 }]);
+    }
+
+    #[test]
+    fn a_packet_is_ours_only_on_the_interface_whose_address_it_names() {
+        let mut m = matcher(vec![door("d", "7000,8000", 5)]);
+        let wg = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+        m.set_local(1, vec![wg]);
+        let to_wg = |p| Knock { dst: wg, ..tcp(A, p, SYN) };
+        let mut out = Vec::new();
+        // Interface 0's address arriving on interface 1, and the reverse: not knocks.
+        m.on_knocks(1, &[(tcp(A, 7000, SYN), 1), (tcp(A, 8000, SYN), 1)], &mut out);
+        m.on_knocks(0, &[(to_wg(7000), 1), (to_wg(8000), 1)], &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        m.on_knocks(1, &[(to_wg(7000), 2), (to_wg(8000), 2)], &mut out);
+        assert_eq!(opens(&out), vec![(A, k("d"))]);
+        assert_eq!(m.filter_spec(1, true).v4_dst, vec![Ipv4Addr::new(198, 19, 0, 1)]);
+        // New addresses count at once.
+        let added = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 2));
+        m.set_local(1, vec![wg, added]);
+        let mut out = Vec::new();
+        let to_added = |p| Knock { dst: added, ..tcp(B, p, SYN) };
+        m.on_knocks(1, &[(to_added(7000), 3), (to_added(8000), 3)], &mut out);
+        assert_eq!(opens(&out), vec![(B, k("d"))]);
+    }
+
+    #[test]
+    fn a_reload_that_swaps_two_doors_keeps_each_attempt_at_its_own_door() {
+        let mut m = matcher(vec![door("doorA", "7001,7002,7003", 5), door("doorB", "7004,7005,7006", 5)]);
+        run(&mut m, &[(1, tcp(A, 7001, SYN)), (1, tcp(B, 7004, SYN))]);
+        let config = Config {
+            source: "t".into(),
+            options: Options::default(),
+            doors: vec![door("doorB", "7004,7005,7006", 5), door("doorA", "7001,7002,7003", 5)],
+            tuning: Default::default(),
+        };
+        m.reload(Doors::new(&config).unwrap());
+        assert_eq!(m.in_progress(), 2);
+        let ev = run(
+            &mut m,
+            &[(2, tcp(A, 7002, SYN)), (2, tcp(A, 7003, SYN)), (2, tcp(B, 7005, SYN)), (2, tcp(B, 7006, SYN))],
+        );
+        assert_eq!(opens(&ev), vec![(A, k("doorA")), (B, k("doorB"))]);
     }
 
     #[test]
@@ -1133,7 +925,7 @@ mod tests {
         let mut t = door("t", "6000:udp", 5);
         t.target = Some(target);
         let m = matcher(vec![door("d", "7000,8000:udp,9000", 5), t]);
-        let spec = m.filter_spec(true);
+        let spec = m.filter_spec(0, true);
         assert_eq!(spec.tcp_ports, vec![7000, 9000]);
         assert_eq!(spec.udp_ports, vec![6000, 8000]);
         assert_eq!(

@@ -12,7 +12,8 @@
 //! fresh entries and never pushes out a knocker who is half-way through. If every slot
 //! of the bucket holds a further-advanced attempt, the new one is rejected instead.
 
-use crate::matcher::{DoorId, Knocking, Secs};
+use crate::doors::DoorId;
+use crate::knocking::{Knocking, Secs};
 use std::net::IpAddr;
 
 /// Slots per bucket.

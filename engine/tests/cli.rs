@@ -63,10 +63,29 @@ fn sesamed_exit_codes_for_missing_config_interface_and_bad_flags() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nosuchif0"), "{}", stderr(&out));
 
-    // Two workers' rings alone take 16 MiB.
-    let out = run(SESAMED, &["-c", &fixture("ufw.conf"), "-i", "lo", "--workers", "2", "--memory-mib", "8"]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("memory budget of 8 MiB is too small"), "{}", stderr(&out));
+    // 64 workers' smallest rings alone take 16 MiB: the error names the flag, not a
+    // line of the config file.
+    let out = run(SESAMED, &["-c", &fixture("ufw.conf"), "-i", "lo", "--workers", "64", "--memory-mib", "1"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--memory-mib 1: 1 MiB is too small for 64 workers"), "{err}");
+    assert!(!err.contains("ufw.conf:"), "{err}");
+    // The same from the TOML config names the key and the file.
+    let dir = TempDir::new("cli").unwrap();
+    let toml = dir.join("small.toml");
+    std::fs::write(
+        &toml,
+        "[limits]\nmemory_mib = 2\n[capture]\nworkers = 32\n[[door]]\nname = \"d\"\nsequence = [1, 2]\n",
+    )
+    .unwrap();
+    let out = run(SESAMED, &["-c", &toml.display().to_string(), "-i", "lo"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("memory_mib = 2 in {}", toml.display())), "{err}");
+    // -i takes interface names only.
+    let out = run(SESAMED, &["-c", &fixture("ufw.conf"), "-i", "a/b"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("'a/b'"), "{}", stderr(&out));
 
     let out = run(SESAMED, &["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));

@@ -58,7 +58,10 @@ fn same_except_source(a: &Config, b: &Config) -> bool {
 fn debian_default_knockd_conf() {
     let c = load("debian.conf");
     assert_eq!(c.source, fixture("debian.conf"));
-    assert_eq!(c.options, Options { use_syslog: true, log_file: None, pid_file: None, interface: None });
+    assert_eq!(
+        c.options,
+        Options { use_syslog: true, log_file: None, pid_file: None, interfaces: Vec::new() }
+    );
     let iptables = "/sbin/iptables";
     assert_eq!(
         c.doors,
@@ -137,7 +140,7 @@ fn every_key_with_case_aliases_and_odd_values() {
             use_syslog: true,
             log_file: Some("/var/log/knockd.log".into()),
             pid_file: Some("/run/knockd.pid".into()),
-            interface: Some("wlan0".into()),
+            interfaces: vec!["wlan0".into()],
         }
     );
     let smtp = Door {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// A successful knock, as the matcher reports it to the firewall.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantRequest {
-    pub door: u16,
+    /// The door's identity: grants are keyed by it, never by its place in the file.
     pub door_name: String,
     pub ip: IpAddr,
     /// Command templates with `%IP%` not yet substituted.
@@ -144,8 +144,8 @@ fn timer_loop<T: From<Report>>(rx: Receiver<Msg>, jobs: Sender<Job>, reports: Se
                 let ip = req.ip.to_string();
                 let start = req.start.as_deref().map(|c| substitute(c, &ip));
                 let stop = req.stop.as_deref().map(|c| substitute(c, &ip));
-                let key = (req.door, req.ip);
-                match table.open(Instant::now(), key, &req.door_name, start, stop, req.timeout) {
+                let key = (req.door_name.clone(), req.ip);
+                match table.open(Instant::now(), key, start, stop, req.timeout) {
                     Some(OpenAction::Start { command, .. }) | Some(OpenAction::RunOnce { command }) => {
                         let _ = jobs.send(Job { door_name: req.door_name, command });
                     }
@@ -216,7 +216,6 @@ mod tests {
 
     fn req(start: &str, stop: Option<&str>, ms: u64) -> GrantRequest {
         GrantRequest {
-            door: 0,
             door_name: "ssh".into(),
             ip: IP,
             start: Some(start.into()),

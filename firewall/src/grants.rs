@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-/// Identifies a grant: the door (by index) and the knocker's address.
-pub type GrantKey = (u16, IpAddr);
+/// Identifies a grant: the door, by name (its identity, which survives a reload that
+/// moves it in the file), and the knocker's address.
+pub type GrantKey = (String, IpAddr);
 
 /// What the caller must do after [`GrantTable::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +56,6 @@ impl GrantTable {
         &mut self,
         now: Instant,
         key: GrantKey,
-        door_name: &str,
         start: Option<String>,
         stop: Option<String>,
         timeout: Duration,
@@ -70,7 +70,8 @@ impl GrantTable {
             g.until = g.until.max(until);
             return Some(OpenAction::Extended { until: g.until });
         }
-        self.open.insert(key, Grant { door_name: door_name.to_owned(), stop_command, until });
+        let door_name = key.0.clone();
+        self.open.insert(key, Grant { door_name, stop_command, until });
         Some(OpenAction::Start { command, until })
     }
 
@@ -81,7 +82,8 @@ impl GrantTable {
 
     /// Removes and returns every grant due at `now`, earliest first.
     pub fn expire(&mut self, now: Instant) -> Vec<Expired> {
-        let due: Vec<GrantKey> = self.open.iter().filter(|(_, g)| g.until <= now).map(|(k, _)| *k).collect();
+        let due: Vec<GrantKey> =
+            self.open.iter().filter(|(_, g)| g.until <= now).map(|(k, _)| k.clone()).collect();
         let mut out: Vec<Expired> = due
             .into_iter()
             .filter_map(|key| self.open.remove(&key).map(|grant| Expired { key, grant }))
@@ -126,7 +128,7 @@ mod tests {
     fn start_then_stop_at_the_deadline() {
         let t0 = Instant::now();
         let mut g = GrantTable::new();
-        let a = g.open(t0, (0, IP), "ssh", s("open"), s("close"), Duration::from_secs(30));
+        let a = g.open(t0, ("ssh".into(), IP), s("open"), s("close"), Duration::from_secs(30));
         assert_eq!(
             a,
             Some(OpenAction::Start { command: "open".into(), until: t0 + Duration::from_secs(30) })
@@ -144,11 +146,10 @@ mod tests {
     fn repeat_knock_extends_instead_of_starting_again() {
         let t0 = Instant::now();
         let mut g = GrantTable::new();
-        g.open(t0, (0, IP), "ssh", s("open"), s("close"), Duration::from_secs(10));
+        g.open(t0, ("ssh".into(), IP), s("open"), s("close"), Duration::from_secs(10));
         let a = g.open(
             t0 + Duration::from_secs(8),
-            (0, IP),
-            "ssh",
+            ("ssh".into(), IP),
             s("open"),
             s("close"),
             Duration::from_secs(10),
@@ -159,8 +160,7 @@ mod tests {
         // After it closed, a new knock starts again.
         let a = g.open(
             t0 + Duration::from_secs(20),
-            (0, IP),
-            "ssh",
+            ("ssh".into(), IP),
             s("open"),
             s("close"),
             Duration::from_secs(10),
@@ -173,9 +173,9 @@ mod tests {
         let t0 = Instant::now();
         let mut g = GrantTable::new();
         let d = Duration::from_secs(5);
-        assert!(matches!(g.open(t0, (0, IP), "a", s("o"), s("c"), d), Some(OpenAction::Start { .. })));
-        assert!(matches!(g.open(t0, (0, IP2), "a", s("o"), s("c"), d), Some(OpenAction::Start { .. })));
-        assert!(matches!(g.open(t0, (1, IP), "b", s("o"), s("c"), d), Some(OpenAction::Start { .. })));
+        assert!(matches!(g.open(t0, ("a".into(), IP), s("o"), s("c"), d), Some(OpenAction::Start { .. })));
+        assert!(matches!(g.open(t0, ("a".into(), IP2), s("o"), s("c"), d), Some(OpenAction::Start { .. })));
+        assert!(matches!(g.open(t0, ("b".into(), IP), s("o"), s("c"), d), Some(OpenAction::Start { .. })));
         assert_eq!(g.len(), 3);
     }
 
@@ -184,7 +184,7 @@ mod tests {
         let t0 = Instant::now();
         let mut g = GrantTable::new();
         for _ in 0..2 {
-            let a = g.open(t0, (0, IP), "close", s("iptables -D ..."), None, Duration::from_secs(5));
+            let a = g.open(t0, ("close".into(), IP), s("iptables -D ..."), None, Duration::from_secs(5));
             assert_eq!(a, Some(OpenAction::RunOnce { command: "iptables -D ...".into() }));
         }
         assert!(g.is_empty());
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn no_start_command_means_nothing_at_all() {
         let mut g = GrantTable::new();
-        assert_eq!(g.open(Instant::now(), (0, IP), "x", None, s("stop"), Duration::from_secs(5)), None);
+        assert_eq!(g.open(Instant::now(), ("x".into(), IP), None, s("stop"), Duration::from_secs(5)), None);
         assert!(g.is_empty());
     }
 
@@ -201,8 +201,8 @@ mod tests {
     fn drain_returns_everything_open() {
         let t0 = Instant::now();
         let mut g = GrantTable::new();
-        g.open(t0, (0, IP), "a", s("o"), s("c1"), Duration::from_secs(50));
-        g.open(t0, (0, IP2), "a", s("o"), s("c2"), Duration::from_secs(5));
+        g.open(t0, ("a".into(), IP), s("o"), s("c1"), Duration::from_secs(50));
+        g.open(t0, ("a".into(), IP2), s("o"), s("c2"), Duration::from_secs(5));
         let all = g.drain();
         assert_eq!(all.iter().map(|e| e.grant.stop_command.as_str()).collect::<Vec<_>>(), ["c2", "c1"]);
         assert!(g.is_empty());

@@ -18,9 +18,11 @@ use std::process::ExitCode;
     disable_version_flag = true
 )]
 struct Args {
-    /// network interface to listen on (default "eth0")
-    #[arg(short = 'i', long = "interface", value_name = "int")]
-    interface: Option<String>,
+    /// network interface to listen on (default "eth0"); repeat it (or separate names
+    /// with commas) to listen on several
+    #[arg(short = 'i', long = "interface", value_name = "int", action = ArgAction::Append,
+          value_delimiter = ',', value_parser = interface_name)]
+    interface: Vec<String>,
     /// run as a daemon
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
@@ -59,6 +61,11 @@ struct Args {
     help: Option<bool>,
 }
 
+/// `-i NAME`: a name the kernel could accept, checked before anything is opened.
+fn interface_name(name: &str) -> Result<String, String> {
+    sesame_engine::config::parse_interfaces([name]).map(|mut v| v.remove(0)).map_err(|p| p.to_string())
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
@@ -70,7 +77,7 @@ fn main() -> ExitCode {
     };
     let settings = Settings {
         config: args.config,
-        interface: args.interface,
+        interfaces: args.interface,
         daemonize: args.daemon,
         debug: args.debug,
         lookup: args.lookup,
@@ -116,7 +123,11 @@ mod tests {
         ])
         .unwrap();
         assert!(a.daemon && a.verbose && a.only_ipv4 && !a.debug && !a.lookup);
-        assert_eq!(a.interface.as_deref(), Some("eth1"));
+        assert_eq!(a.interface, ["eth1"]);
+        let a = Args::try_parse_from(["sesamed", "-i", "eth0", "-i", "wg0,ppp0"]).unwrap();
+        assert_eq!(a.interface, ["eth0", "wg0", "ppp0"]);
+        assert!(Args::try_parse_from(["sesamed", "-i", "a/b"]).is_err());
+        assert!(Args::try_parse_from(["sesamed", "-i", ""]).is_err());
         assert_eq!(a.config, PathBuf::from("/tmp/k.conf"));
         let a = Args::try_parse_from(["sesamed", "-D", "-l"]).unwrap();
         assert!(a.debug && a.lookup);

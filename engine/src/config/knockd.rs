@@ -179,10 +179,7 @@ impl Parser<'_> {
             return Err(self.error(n, problem));
         }
         let result = match self.section.as_mut() {
-            Some(Section::Options) if known.in_options() => {
-                Self::option(&mut self.options, known, value);
-                Ok(())
-            }
+            Some(Section::Options) if known.in_options() => Self::option(&mut self.options, known, value),
             Some(Section::Door(draft)) if !known.in_options() => Self::door_key(draft, n, known, key, value),
             _ => Err(unknown()),
         };
@@ -211,14 +208,16 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn option(options: &mut Options, key: Key, value: &str) {
-        let value = (!value.is_empty()).then(|| value.to_owned());
+    fn option(options: &mut Options, key: Key, value: &str) -> Result<(), Problem> {
+        let path = (!value.is_empty()).then(|| PathBuf::from(value));
         match key {
-            Key::LogFile => options.log_file = value.map(PathBuf::from),
-            Key::PidFile => options.pid_file = value.map(PathBuf::from),
-            Key::Interface => options.interface = value,
+            Key::LogFile => options.log_file = path,
+            Key::PidFile => options.pid_file = path,
+            // sesame: several interfaces, comma-separated (`eth0, wg0`).
+            Key::Interface => options.interfaces = super::parse_interfaces(value.split(','))?,
             _ => unreachable!("not an [options] key"),
         }
+        Ok(())
     }
 
     fn door_key(draft: &mut Draft, n: usize, key: Key, written: &str, value: &str) -> Result<(), Problem> {
@@ -330,7 +329,29 @@ mod tests {
         assert!(matches!(problem("= 5\n"), (1, Problem::Syntax(_))));
         let c = parse_str("[ spaced name ]\nsequence=1\n[options]\ninterface = wlan0\n").unwrap();
         assert_eq!(c.doors[0].name, "spaced name");
-        assert_eq!(c.options.interface.as_deref(), Some("wlan0"));
+        assert_eq!(c.options.interfaces, ["wlan0"]);
+    }
+
+    #[test]
+    fn several_interfaces_are_comma_separated() {
+        let c = parse_str(
+            "[options]
+interface = eth0, wg0 ,ppp0
+[d]
+sequence=1
+",
+        )
+        .unwrap();
+        assert_eq!(c.options.interfaces, ["eth0", "wg0", "ppp0"]);
+        assert!(matches!(problem("[options]
+interface = eth0,,wg0
+"), (2, Problem::Other(m)) if m.contains("empty")));
+        assert!(matches!(problem("[options]
+\ninterface = eth0, a/b
+"), (3, Problem::Other(m)) if m.contains("'a/b'")));
+        assert!(matches!(problem("[options]
+interface = eth0,eth0
+"), (2, Problem::Other(m)) if m.contains("twice")));
     }
 
     #[test]

@@ -43,27 +43,29 @@ pub struct Config {
 pub struct Tuning {
     /// Capture workers (rings in one fanout group); `None` = one per core.
     pub workers: Option<u32>,
-    /// Bytes per TPACKET_V3 ring block (a power of two, a multiple of the page size).
-    pub ring_block_size: u32,
-    /// Blocks per ring.
-    pub ring_block_count: u32,
-    /// Memory for all workers' attempt tables together, in MiB.
-    pub memory_mib: u32,
+    /// Bytes per TPACKET_V3 ring block (a power of two, a multiple of the page size);
+    /// `None` = sized from the memory budget.
+    pub ring_block_size: Option<u32>,
+    /// Blocks per ring; `None` = sized from the memory budget.
+    pub ring_block_count: Option<u32>,
+    /// Memory for all workers' rings and attempt tables together, in MiB; `None` =
+    /// [`DEFAULT_MEMORY_MIB`], or more if the workers need more.
+    pub memory_mib: Option<u32>,
     /// Per-packet log lines (`Stage N`, `sequence timeout`) allowed per second, all
     /// workers together; the rest are counted and summarised. 0 = no limit.
     pub log_lines_per_second: u32,
 }
 
-/// Default attempt-table budget: 64 MiB.
+/// Default memory budget for rings and attempt tables: 64 MiB.
 pub const DEFAULT_MEMORY_MIB: u32 = 64;
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             workers: None,
-            ring_block_size: 1 << 20,
-            ring_block_count: 8,
-            memory_mib: DEFAULT_MEMORY_MIB,
+            ring_block_size: None,
+            ring_block_count: None,
+            memory_mib: None,
             log_lines_per_second: 200,
         }
     }
@@ -75,8 +77,9 @@ pub struct Options {
     pub use_syslog: bool,
     pub log_file: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
-    /// `Interface`; `None` means "not set" (the daemon then uses `-i` or eth0).
-    pub interface: Option<String>,
+    /// `Interface`: the interfaces to listen on; empty means "not set" (the daemon then
+    /// uses `-i` or eth0).
+    pub interfaces: Vec<String>,
 }
 
 /// One knock: a port and its protocol.
@@ -259,6 +262,31 @@ impl Config {
             Syntax::Toml => native::parse(path, text),
         }
     }
+}
+
+/// Checks a list of interface names (`Interface = eth0,wg0`, `-i`, TOML's list):
+/// each a name the kernel could accept, none empty, none twice.
+pub fn parse_interfaces<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Vec<String>, Problem> {
+    let names: Vec<&str> = names.into_iter().map(str::trim).collect();
+    if names.len() == 1 && names[0].is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if name.is_empty() {
+            return Err(Problem::Other("empty interface name in the interface list".into()));
+        }
+        if !sesame_capture::iface::valid_name(name) {
+            return Err(Problem::Other(format!(
+                "invalid interface name '{name}': 1 to 15 characters, no '/', ':' or spaces"
+            )));
+        }
+        if out.iter().any(|n| n == name) {
+            return Err(Problem::Other(format!("interface '{name}' is listed twice")));
+        }
+        out.push(name.to_owned());
+    }
+    Ok(out)
 }
 
 /// Parses one sequence element `PORT[:tcp|:udp]` (protocol case-insensitive, tcp by default).

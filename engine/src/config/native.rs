@@ -21,8 +21,8 @@
 
 use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
 use super::{
-    onetime, parse_sequence, parse_step, Config, ConfigError, Door, OneTimeSequences, Options, Problem, Step,
-    Tuning, MAX_SEQUENCE,
+    onetime, parse_interfaces, parse_sequence, parse_step, Config, ConfigError, Door, OneTimeSequences,
+    Options, Problem, Step, Tuning, MAX_SEQUENCE,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         use_syslog: options.use_syslog,
         log_file: non_empty(options.log_file).map(PathBuf::from),
         pid_file: non_empty(options.pid_file).map(PathBuf::from),
-        interface: non_empty(options.interface),
+        interfaces: match options.interface {
+            Some(list) => interfaces(list).map_err(|(span, problem)| error(Some(span), problem))?,
+            None => Vec::new(),
+        },
     };
     let doors = file
         .door
@@ -67,7 +70,11 @@ pub fn to_toml(config: &Config) -> String {
             use_syslog: opts.use_syslog,
             log_file: opts.log_file.as_deref().map(|p| p.to_string_lossy().into_owned()),
             pid_file: opts.pid_file.as_deref().map(|p| p.to_string_lossy().into_owned()),
-            interface: opts.interface.as_deref(),
+            interface: match opts.interfaces.as_slice() {
+                [] => None,
+                [one] => Some(InterfaceOut::One(one)),
+                many => Some(InterfaceOut::Many(many)),
+            },
         },
         door: config.doors.iter().map(door_out).collect(),
         capture: (config.tuning != Tuning::default()).then_some(CaptureOut {
@@ -148,19 +155,17 @@ fn tuning(capture: Option<CaptureToml>, limits: Option<LimitsToml>) -> Result<Tu
     }
     if let Some(v) = c.ring_block_size {
         let span = v.span();
-        t.ring_block_size = bounded("ring_block_size", v, 4096, 1 << 30)?;
-        if !t.ring_block_size.is_power_of_two() {
-            return Err((
-                span,
-                Problem::Other(format!("ring_block_size {} is not a power of two", t.ring_block_size)),
-            ));
+        let size = bounded("ring_block_size", v, 4096, 1 << 30)?;
+        if !size.is_power_of_two() {
+            return Err((span, Problem::Other(format!("ring_block_size {size} is not a power of two"))));
         }
+        t.ring_block_size = Some(size);
     }
     if let Some(v) = c.ring_block_count {
-        t.ring_block_count = bounded("ring_block_count", v, 2, 1 << 16)?;
+        t.ring_block_count = Some(bounded("ring_block_count", v, 2, 1 << 16)?);
     }
     if let Some(v) = l.memory_mib {
-        t.memory_mib = bounded("memory_mib", v, 1, 1 << 20)?;
+        t.memory_mib = Some(bounded("memory_mib", v, 1, 1 << 20)?);
     }
     if let Some(v) = l.log_lines_per_second {
         t.log_lines_per_second = bounded("log_lines_per_second", v, 0, 1 << 30)?;
@@ -175,7 +180,7 @@ struct OptionsToml {
     use_syslog: bool,
     log_file: Option<String>,
     pid_file: Option<String>,
-    interface: Option<String>,
+    interface: Option<Spanned<List>>,
 }
 
 #[derive(Deserialize)]
@@ -282,19 +287,8 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
     }
     if let Some(flags) = d.tcp_flags {
         let span = flags.span();
-        door.tcp_flags = match flags.into_inner() {
-            List::Text(text) => parse_flags(text.split([',', '|'])).map_err(|p| (span, p))?,
-            List::Items(items) => {
-                let mut names = Vec::with_capacity(items.len());
-                for item in items {
-                    match item.get_ref() {
-                        Item::Text(t) => names.push(t.clone()),
-                        Item::Int(n) => return Err((item.span(), Problem::BadFlag(n.to_string()))),
-                    }
-                }
-                parse_flags(names.iter().map(String::as_str)).map_err(|p| (span, p))?
-            }
-        };
+        let names = words(flags, &[',', '|'], |n| Problem::BadFlag(n.to_string()))?;
+        door.tcp_flags = parse_flags(names.iter().map(String::as_str)).map_err(|p| (span, p))?;
     }
     if let Some(target) = d.target {
         door.target = Some(parse_target(target.get_ref()).map_err(|p| (target.span(), p))?);
@@ -304,6 +298,31 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
     door.stop_command = d.stop_command;
     door.stop_command_6 = d.stop_command_6;
     Ok(door)
+}
+
+/// A list's words: a string split at `separators`, or an array's strings (an integer
+/// in the array is the error `not_text` makes of it).
+fn words(
+    list: Spanned<List>,
+    separators: &[char],
+    not_text: impl Fn(i64) -> Problem,
+) -> Result<Vec<String>, (Span, Problem)> {
+    match list.into_inner() {
+        List::Text(text) => Ok(text.split(separators).map(str::to_owned).collect()),
+        List::Items(items) => items
+            .into_iter()
+            .map(|item| match item.get_ref() {
+                Item::Text(t) => Ok(t.clone()),
+                Item::Int(n) => Err((item.span(), not_text(*n))),
+            })
+            .collect(),
+    }
+}
+
+fn interfaces(list: Spanned<List>) -> Result<Vec<String>, (Span, Problem)> {
+    let span = list.span();
+    let names = words(list, &[','], |n| Problem::Other(format!("invalid interface name '{n}'")))?;
+    parse_interfaces(names.iter().map(String::as_str)).map_err(|p| (span, p))
 }
 
 fn sequence(seq: Spanned<List>) -> Result<Vec<Step>, (Span, Problem)> {
@@ -394,14 +413,25 @@ struct FileOut<'a> {
 struct CaptureOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     workers: Option<u32>,
-    ring_block_size: u32,
-    ring_block_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_block_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_block_count: Option<u32>,
 }
 
 #[derive(Serialize)]
 struct LimitsOut {
-    memory_mib: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_mib: Option<u32>,
     log_lines_per_second: u32,
+}
+
+/// One interface as a string (as knockd users write it), several as an array.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum InterfaceOut<'a> {
+    One(&'a str),
+    Many(&'a [String]),
 }
 
 #[derive(Serialize)]
@@ -412,7 +442,7 @@ struct OptionsOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pid_file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    interface: Option<&'a str>,
+    interface: Option<InterfaceOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -491,8 +521,8 @@ mod tests {
         let c =
             parse_str("[capture]\nworkers = 4\nring_block_size = 65536\n[limits]\nmemory_mib = 8\n").unwrap();
         assert_eq!(c.tuning.workers, Some(4));
-        assert_eq!(c.tuning.ring_block_size, 65536);
-        assert_eq!(c.tuning.memory_mib, 8);
+        assert_eq!(c.tuning.ring_block_size, Some(65536));
+        assert_eq!(c.tuning.memory_mib, Some(8));
         assert_eq!(c.tuning.ring_block_count, Tuning::default().ring_block_count);
         let back = parse_str(&to_toml(&c)).unwrap();
         assert_eq!(back.tuning, c.tuning);
@@ -505,6 +535,21 @@ mod tests {
             assert_eq!(e.line, 2, "{e}");
             assert!(e.to_string().contains(value), "{e}");
         }
+    }
+
+    #[test]
+    fn interfaces_are_a_string_or_a_list() {
+        let c = parse_str("[options]\ninterface = \"eth0\"\n").unwrap();
+        assert_eq!(c.options.interfaces, ["eth0"]);
+        let c = parse_str("[options]\ninterface = [\"eth0\", \"wg0\"]\n").unwrap();
+        assert_eq!(c.options.interfaces, ["eth0", "wg0"]);
+        assert_eq!(parse_str(&to_toml(&c)).unwrap().options.interfaces, ["eth0", "wg0"]);
+        let c = parse_str("[options]\ninterface = \"eth0, wg0\"\n").unwrap();
+        assert_eq!(c.options.interfaces, ["eth0", "wg0"]);
+        let e =
+            parse_str("[options]\nuse_syslog = true\ninterface = [\"eth0\", \"bad name\"]\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.to_string().contains("'bad name'"), "{e}");
     }
 
     #[test]

@@ -25,8 +25,11 @@ impl Config {
         let pid =
             o.pid_file.as_ref().map_or(format!("{DEFAULT_PID_FILE} (default)"), |p| p.display().to_string());
         line(&mut out, 2, "pid file", &pid);
-        let interface = o.interface.clone().unwrap_or_else(|| format!("{DEFAULT_INTERFACE} (default)"));
-        line(&mut out, 2, "interface", &interface);
+        let interface = match o.interfaces.as_slice() {
+            [] => format!("{DEFAULT_INTERFACE} (default)"),
+            list => list.join(", "),
+        };
+        line(&mut out, 2, if o.interfaces.len() > 1 { "interfaces" } else { "interface" }, &interface);
         for door in &self.doors {
             door_block(&mut out, door);
         }

@@ -1,0 +1,321 @@
+//! A capture worker: one thread that owns one ring per interface (its share of each
+//! interface's fanout group) and the [`Matcher`] for the sources that hash to it. No
+//! lock and no shared write on the packet path; successes go to the executor and log
+//! lines to the log thread, so neither a slow command nor a slow disk holds it up.
+
+use super::limiter::Limiter;
+use crate::doors::Doors;
+use crate::log::{Log, LogItem};
+use crate::matcher::{Event, Matcher, Secs, Sink, BATCH};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use sesame_capture::ring::{self, Ring, RingStats};
+use sesame_capture::{iface, CaptureError, Knock};
+use sesame_firewall::{ExecutorHandle, GrantRequest};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What the supervisor tells a worker, between blocks. The channel is bounded
+/// ([`CONTROL_QUEUE`]); the supervisor waits when it is full, which only a stuck
+/// worker causes, and the supervisor notices a dead one.
+pub(crate) enum Control {
+    /// A new door table (SIGHUP).
+    Reload(Arc<Doors>),
+    /// The interface in `slot` is there (again): capture on `ring` from now on.
+    Attach { slot: usize, ring: Ring, local: Vec<IpAddr> },
+    /// The interface in `slot` is gone: its ring is dead.
+    Detach { slot: usize },
+    /// The interface in `slot` has new addresses.
+    Addresses { slot: usize, local: Vec<IpAddr> },
+}
+
+/// Control messages that may wait for one worker.
+pub(crate) const CONTROL_QUEUE: usize = 64;
+
+/// Counters a worker publishes for the supervisor; each is written by its worker only
+/// and summed over the workers when read.
+#[derive(Default)]
+pub(crate) struct Published {
+    pub(crate) suppressed: AtomicU64,
+    pub(crate) packets: AtomicU64,
+    pub(crate) kernel_drops: AtomicU64,
+    pub(crate) knocks: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) attempts: AtomicU64,
+    pub(crate) capacity: AtomicU64,
+}
+
+pub(crate) fn now_secs() -> Secs {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Where a worker's matcher events go.
+pub(crate) struct WorkerSink {
+    /// The doors the matcher matches against now: an opening's commands come from here.
+    pub(crate) doors: Arc<Doors>,
+    pub(crate) log: Log,
+    pub(crate) executor: ExecutorHandle,
+    pub(crate) limiter: Limiter,
+    /// The current second, set by the worker once per block rather than read per event.
+    pub(crate) now: Secs,
+}
+
+impl Sink for WorkerSink {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Open { src, door } => {
+                // Never rate-limited: OPEN SESAME and the commands always reach the log.
+                self.log.send(LogItem::Event(event));
+                let Some(d) = self.doors.get(door) else { return };
+                self.executor.open(GrantRequest {
+                    door_name: d.name.clone(),
+                    ip: src,
+                    start: d.start_command_for(src).map(str::to_owned),
+                    stop: d.stop_command_for(src).map(str::to_owned),
+                    timeout: Duration::from_secs(u64::from(d.cmd_timeout)),
+                });
+            }
+            Event::Stage { .. } | Event::Timeout { .. } => {
+                if self.limiter.allow(self.now) {
+                    self.log.offer(LogItem::Event(event));
+                }
+            }
+            Event::DoorDisabled { .. } | Event::OneTimeError { .. } => self.log.send(LogItem::Event(event)),
+        }
+    }
+}
+
+/// Blocks taken from one ring before the next ring's turn.
+const BLOCKS_PER_TURN: usize = 16;
+
+pub(crate) struct Worker {
+    matcher: Matcher,
+    sink: WorkerSink,
+    /// One ring per interface that is there; `wait_any` takes them side by side.
+    rings: Vec<Ring>,
+    /// The interface slot of each ring, in step with `rings`.
+    slots: Vec<usize>,
+    /// Counters of rings already closed, so the totals never go backwards.
+    closed: RingStats,
+    control: Receiver<Control>,
+    published: Arc<Published>,
+    debug: bool,
+    ipv6: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        matcher: Matcher,
+        sink: WorkerSink,
+        rings: Vec<(usize, Ring)>,
+        control: Receiver<Control>,
+        published: Arc<Published>,
+        debug: bool,
+        ipv6: bool,
+    ) -> Worker {
+        let mut w = Worker {
+            matcher,
+            sink,
+            rings: Vec::new(),
+            slots: Vec::new(),
+            closed: RingStats::default(),
+            control,
+            published,
+            debug,
+            ipv6,
+        };
+        for (slot, ring) in rings {
+            w.attach(slot, ring);
+        }
+        w
+    }
+
+    pub(crate) fn run(mut self, stop: &AtomicBool) -> anyhow::Result<()> {
+        let mut generation = self.matcher.generation();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut refilter = false;
+        while !stop.load(Ordering::Relaxed) {
+            while let Ok(c) = self.control.try_recv() {
+                refilter |= self.apply(c);
+            }
+            if refilter || self.matcher.generation() != generation {
+                // Doors, addresses or a one-time door's sequence changed.
+                generation = self.matcher.generation();
+                self.refilter()?;
+                refilter = false;
+            }
+            // Wake at the next second boundary at the latest: sequence timeouts are
+            // whole seconds, and this is when they become due.
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let wait = (Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))
+                + Duration::from_millis(2))
+            .min(Duration::from_millis(250));
+            if self.rings.is_empty() {
+                // Every interface is gone: sleep until the supervisor attaches a ring.
+                match self.control.recv_timeout(wait) {
+                    Ok(c) => refilter |= self.apply(c),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                }
+            } else {
+                let ready = ring::wait_any(&self.rings, wait)?;
+                if ready.errored != 0 {
+                    self.drop_dead(ready.errored);
+                }
+                for i in 0..self.rings.len() {
+                    self.drain(i, &mut batch)?;
+                }
+            }
+            self.sink.now = now_secs();
+            self.matcher.expire(self.sink.now, &mut self.sink);
+            self.publish();
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Returns whether the rings' filters need rebuilding.
+    fn apply(&mut self, c: Control) -> bool {
+        match c {
+            Control::Reload(doors) => {
+                // Knocks in progress at doors the reload left alone go on (knockd drops
+                // them all); the table is reused, not allocated again.
+                self.matcher.reload(doors.clone());
+                self.sink.doors = doors;
+                true
+            }
+            Control::Attach { slot, ring, local } => {
+                self.matcher.set_local(slot, local);
+                self.attach(slot, ring);
+                true
+            }
+            Control::Detach { slot } => {
+                if let Some(i) = self.slots.iter().position(|&s| s == slot) {
+                    self.close(i);
+                }
+                false
+            }
+            Control::Addresses { slot, local } => {
+                self.matcher.set_local(slot, local);
+                true
+            }
+        }
+    }
+
+    fn attach(&mut self, slot: usize, ring: Ring) {
+        if let Some(i) = self.slots.iter().position(|&s| s == slot) {
+            self.close(i);
+        }
+        self.rings.push(ring);
+        self.slots.push(slot);
+    }
+
+    fn close(&mut self, i: usize) {
+        let ring = self.rings.remove(i);
+        self.slots.remove(i);
+        if let Ok(s) = ring.stats() {
+            self.closed.packets += s.packets;
+            self.closed.drops += s.drops;
+            self.closed.freeze_q_cnt += s.freeze_q_cnt;
+        }
+    }
+
+    /// Rings whose socket reported an error: those whose interface is gone (not just
+    /// down, which the kernel resumes from by itself) are closed at once.
+    fn drop_dead(&mut self, errored: u64) {
+        for i in (0..self.rings.len()).rev() {
+            if errored & (1 << i) != 0 && !attached(&self.rings[i]) {
+                self.close(i);
+            }
+        }
+    }
+
+    fn refilter(&mut self) -> anyhow::Result<()> {
+        for (ring, &slot) in self.rings.iter().zip(&self.slots) {
+            ring.set_filter(&self.matcher.filter_program(slot, self.ipv6, ring.link())?)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the blocks ring `i` has ready, up to [`BLOCKS_PER_TURN`], so that one busy
+    /// interface cannot starve the others.
+    fn drain(&mut self, i: usize, batch: &mut Vec<(Knock, Secs)>) -> anyhow::Result<()> {
+        let Some(&slot) = self.slots.get(i) else { return Ok(()) };
+        let ring = &mut self.rings[i];
+        let link = ring.link();
+        for _ in 0..BLOCKS_PER_TURN {
+            let block = match ring.next_block(Duration::ZERO) {
+                Ok(Some(block)) => block,
+                Ok(None) => break,
+                // Its interface went down or away: the supervisor sorts out which.
+                Err(CaptureError::InterfaceDown { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            self.sink.now = now_secs();
+            let mut frames = block.packets();
+            loop {
+                // Parse a batch, then match it: the matcher overlaps the batch's
+                // table lookups (see `Matcher::on_knocks`).
+                batch.clear();
+                let mut taken = 0;
+                for frame in frames.by_ref().take(BATCH) {
+                    taken += 1;
+                    match link.parse(frame.data) {
+                        Ok(knock) => {
+                            if self.debug {
+                                debug_knock(&knock);
+                            }
+                            batch.push((knock, Secs::from(frame.ts_sec)));
+                        }
+                        Err(e) if self.debug => println!("skipping frame of {} bytes: {e}", frame.data.len()),
+                        Err(_) => {}
+                    }
+                }
+                if taken == 0 {
+                    break;
+                }
+                self.matcher.on_knocks(slot, batch, &mut self.sink);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut ring = self.closed;
+        for r in &self.rings {
+            if let Ok(s) = r.stats() {
+                ring.packets += s.packets;
+                ring.drops += s.drops;
+            }
+        }
+        let m = self.matcher.stats();
+        let p = &self.published;
+        p.suppressed.store(self.sink.limiter.suppressed, Ordering::Relaxed);
+        p.packets.store(ring.packets, Ordering::Relaxed);
+        p.kernel_drops.store(ring.drops, Ordering::Relaxed);
+        p.knocks.store(m.knocks, Ordering::Relaxed);
+        p.evictions.store(m.tracker.evictions, Ordering::Relaxed);
+        p.rejected.store(m.tracker.rejected, Ordering::Relaxed);
+        p.attempts.store(self.matcher.in_progress() as u64, Ordering::Relaxed);
+        p.capacity.store(self.matcher.tracker().capacity() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Whether the ring's interface is still the one it was bound to.
+fn attached(ring: &Ring) -> bool {
+    iface::index(ring.ifname()).ok() == Some(ring.ifindex())
+}
+
+fn debug_knock(k: &Knock) {
+    println!(
+        "{}: {}:{} -> {}:{} flags 0x{:02x}",
+        k.proto.name(),
+        k.src,
+        k.src_port,
+        k.dst,
+        k.dst_port,
+        k.tcp_flags
+    );
+}
