@@ -34,6 +34,10 @@ struct Set {
     started: [u32; WAYS],
     /// Source addresses (IPv4 in the first four bytes).
     key: [[u8; 16]; WAYS],
+    /// Where the search for an eviction victim starts: it moves past each victim, so
+    /// attempts that tie (same stage, same second) leave in the order they came, and
+    /// the newest of a busy bucket is the last to go, not the next.
+    hand: u8,
 }
 
 /// Bytes one bucket takes.
@@ -185,8 +189,12 @@ impl Tracker {
             Some(w) => (w, Inserted::Free),
             None => {
                 // Full: the least advanced, oldest attempt goes, but never for a less
-                // advanced one.
-                let w = (0..WAYS).min_by_key(|&w| (m.stage[w] & !V6, m.started[w])).expect("WAYS > 0");
+                // advanced one; among equals, the first from the hand on.
+                let hand = usize::from(m.hand);
+                let w = (0..WAYS)
+                    .map(|i| (hand + i) % WAYS)
+                    .min_by_key(|&w| (m.stage[w] & !V6, m.started[w]))
+                    .expect("WAYS > 0");
                 if m.stage[w] & !V6 > att.stage() {
                     self.stats.rejected += 1;
                     return Inserted::Rejected;
@@ -196,6 +204,9 @@ impl Tracker {
             }
         };
         let m = &mut self.sets[b.index];
+        if outcome == Inserted::Evicted {
+            m.hand = ((w + 1) % WAYS) as u8;
+        }
         m.fp[w] = b.fp;
         m.stage[w] = att.stage() | b.family;
         m.door[w] = door;
@@ -310,6 +321,24 @@ mod tests {
         assert_eq!(t.get(&kb, 0), Some(Knocking::at(2, 10)), "the half-way knocker survived");
         assert_eq!(t.len(), t.capacity(), "the table stays full, not larger");
         assert_eq!(t.stats().evictions, 10_000 - (WAYS as u64 - 1));
+    }
+
+    #[test]
+    fn attempts_of_the_same_second_leave_in_the_order_they_came() {
+        // A bucket full of first knocks from the same second: a newcomer must outlive
+        // the WAYS - 1 knocks that follow it, not be the next to go.
+        let mut t = Tracker::with_buckets(1, key());
+        for n in 0..WAYS as u32 {
+            t.insert(&t.bucket(v4(n)), 0, Knocking::at(1, 50));
+        }
+        let knocker = t.bucket(v4(1000));
+        assert_eq!(t.insert(&knocker, 0, Knocking::at(1, 50)), Inserted::Evicted);
+        for n in 0..WAYS as u32 - 1 {
+            t.insert(&t.bucket(v4(2000 + n)), 0, Knocking::at(1, 50));
+            assert!(t.get(&knocker, 0).is_some(), "evicted by flood knock {n}");
+        }
+        t.insert(&t.bucket(v4(3000)), 0, Knocking::at(1, 50));
+        assert!(t.get(&knocker, 0).is_none(), "then it is the oldest, and goes");
     }
 
     #[test]

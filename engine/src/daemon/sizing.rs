@@ -4,9 +4,10 @@
 //!
 //! The budget pays for the rings first (one per worker per interface; their size is
 //! fixed by the kernel interface), the rest is split between the workers' attempt
-//! tables. Unless set, ring sizes follow the budget: up to 8 blocks of 1 MiB per ring
-//! (plenty for a 10 GbE flood of knock-sized frames), smaller when many workers or
-//! interfaces share it, down to 256 KiB. An unset budget is 64 MiB, raised as far as
+//! tables. Unless set, ring sizes follow the budget: 8 blocks of 1 MiB per ring
+//! (plenty for a 10 GbE flood of knock-sized frames) when the budget holds them and a
+//! minimal table per worker, smaller when many workers or interfaces share it, down
+//! to 256 KiB. An unset budget is 64 MiB, raised as far as
 //! the workers need; a budget that is set and too small is an error naming it.
 
 use super::Settings;
@@ -105,9 +106,10 @@ impl Sizing {
                 block_count: t.ring_block_count.unwrap_or((DEFAULT_RING / MAX_BLOCK) as u32),
             }
         } else {
-            // Half the budget for rings at most, a power of two each, within bounds.
+            // Rings first, as large as the budget allows once every table has its
+            // minimum, a power of two each, within bounds.
             let memory = budget.as_ref().map_or(u64::from(DEFAULT_MEMORY_MIB), |(v, _)| u64::from(*v)) << 20;
-            let share = (memory / 2 / rings).max(1);
+            let share = (memory.saturating_sub(workers as u64 * MIN_TABLE) / rings).max(1);
             let bytes = (1u64 << (63 - share.leading_zeros())).clamp(MIN_RING, DEFAULT_RING);
             let block = (bytes / MIN_BLOCKS).min(MAX_BLOCK);
             RingSize { block_size: block as u32, block_count: (bytes / block) as u32 }
@@ -210,9 +212,18 @@ mod tests {
     }
 
     #[test]
+    fn a_small_budget_keeps_full_rings_while_the_tables_keep_their_minimum() {
+        // One worker in 9 MiB: the 8 MiB ring and a 1 MiB table.
+        let z = Sizing::new(&Tuning::default(), &settings(Some(1), Some(9)), 1, 2).unwrap();
+        assert_eq!((z.ring, z.table), (RingSize { block_size: 1 << 20, block_count: 8 }, 1 << 20));
+        let z = Sizing::new(&Tuning::default(), &settings(Some(1), Some(8)), 1, 2).unwrap();
+        assert_eq!((z.ring.bytes(), z.table), (4 << 20, 4 << 20));
+    }
+
+    #[test]
     fn sixteen_workers_share_the_default_budget() {
         let z = Sizing::new(&Tuning::default(), &settings(Some(16), None), 1, 2).unwrap();
-        // 32 MiB of rings over 16 workers: 2 MiB each, blocks of 512 KiB.
+        // 16 x 8 MiB of rings do not fit: 2 MiB each, blocks of 512 KiB.
         assert_eq!(z.ring, RingSize { block_size: 512 << 10, block_count: 4 });
         assert_eq!(z.table, 2 << 20);
         let z = Sizing::new(&Tuning::default(), &settings(Some(64), None), 2, 2).unwrap();
