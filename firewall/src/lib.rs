@@ -5,10 +5,12 @@
 //!   with time passed in, so it is tested without sleeping.
 //! - [`runner`]: the one narrow interface to the outside world, running a command
 //!   line (`/bin/sh -c` in production).
+//! - [`backend`]: the `Backend` trait every firewall backend implements.
 //! - [`executor`]: the threads: a timer that owns the grant table and a runner that
 //!   executes commands in order, reporting what happened as [`Report`]s.
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod executor;
 pub mod grants;
 pub mod runner;
