@@ -63,7 +63,10 @@ struct Args {
 
 /// `-i NAME`: a name the kernel could accept, checked before anything is opened.
 fn interface_name(name: &str) -> Result<String, String> {
-    sesame_engine::config::parse_interfaces([name]).map(|mut v| v.remove(0)).map_err(|p| p.to_string())
+    match sesame_engine::config::parse_interfaces([name]).map_err(|p| p.to_string())?.pop() {
+        Some(name) => Ok(name),
+        None => Err("empty interface name".to_owned()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -124,11 +127,11 @@ mod tests {
         .unwrap();
         assert!(a.daemon && a.verbose && a.only_ipv4 && !a.debug && !a.lookup);
         assert_eq!(a.interface, ["eth1"]);
+        assert_eq!(a.config, PathBuf::from("/tmp/k.conf"));
         let a = Args::try_parse_from(["sesamed", "-i", "eth0", "-i", "wg0,ppp0"]).unwrap();
         assert_eq!(a.interface, ["eth0", "wg0", "ppp0"]);
         assert!(Args::try_parse_from(["sesamed", "-i", "a/b"]).is_err());
         assert!(Args::try_parse_from(["sesamed", "-i", ""]).is_err());
-        assert_eq!(a.config, PathBuf::from("/tmp/k.conf"));
         let a = Args::try_parse_from(["sesamed", "-D", "-l"]).unwrap();
         assert!(a.debug && a.lookup);
         assert_eq!(a.config, PathBuf::from("/etc/knockd.conf"));
