@@ -3,6 +3,10 @@
 //! per backend (command, nftables, iptables, ufw) implements it; the executor drives
 //! them, and the logic above them is tested with a fake.
 
+pub mod iptables;
+pub mod tool;
+pub mod ufw;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;

@@ -105,6 +105,12 @@ impl Netns {
         c
     }
 
+    /// The argv that runs a program inside this namespace (`ip netns exec NAME`), for
+    /// tools that take a command prefix.
+    pub fn exec_prefix(&self) -> Vec<String> {
+        ["ip", "netns", "exec", &self.name].map(str::to_owned).to_vec()
+    }
+
     /// Runs `ip ARGS` inside the namespace (`ip -n`), failing on non-zero exit.
     pub fn ip(&self, args: &[&str]) -> io::Result<Output> {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
@@ -583,6 +589,145 @@ pub fn tcp_banner(ns: &Netns, addr: std::net::IpAddr, port: u16, timeout: Durati
 /// an `SSH-2.0` banner within `timeout`.
 pub fn ssh_reachable(ns: &Netns, addr: std::net::IpAddr, timeout: Duration) -> bool {
     tcp_banner(ns, addr, 22, timeout).starts_with("SSH-2.0")
+}
+
+/// ufw confined to a lab namespace, over private copies of everything it reads and writes.
+///
+/// Every command runs inside the namespace (`ip netns exec`), then in a fresh private
+/// mount namespace (`unshare --mount --propagation private`) in which a shell bind-mounts
+/// the jail's scratch copies and `exec`s the program:
+///
+/// | scratch copy (`dir()/...`) | mounted over       | what ufw keeps there                      |
+/// |----------------------------|--------------------|-------------------------------------------|
+/// | `etc-ufw`                  | `/etc/ufw`         | `ufw.conf`, `user*.rules`, before/after   |
+/// | `default-ufw`              | `/etc/default/ufw` | default policies, IPv6, sysctl and modules |
+/// | `lib-ufw`                  | `/lib/ufw`         | `ufw-init` (its state directory)          |
+/// | `run`                      | `/run`             | `ufw.lock` (and iptables' `xtables.lock`) |
+///
+/// and `TMPDIR` points at `dir()/tmp`, where ufw writes each rules file before copying
+/// it into place.
+///
+/// The mounts live only as long as the command's process; the host's `/etc`, `/lib` and
+/// `/run` are never written, and the shared `run` copy keeps the jail's own ufw commands
+/// serialized by ufw's lock while keeping them off the host's. The copies start from the
+/// host's files with: the packaged empty user rules, `ENABLED=no`, `LOGLEVEL=off`, and
+/// `IPT_SYSCTL=` / `IPT_MODULES=""` (so enabling ufw writes no sysctl and loads no module).
+/// The scratch directory is removed on drop; the rules ufw installed go with the namespace.
+#[derive(Debug)]
+pub struct UfwJail {
+    ns: String,
+    dir: TempDir,
+}
+
+/// Bind-mounts the jail's copies (`$1` is the jail directory), then runs the rest of argv.
+const UFW_JAIL_SH: &str = r#"set -e
+d=$1
+shift
+mount --bind "$d/etc-ufw" /etc/ufw
+mount --bind "$d/default-ufw" /etc/default/ufw
+mount --bind "$d/lib-ufw" /lib/ufw
+mount --bind "$d/run" /run
+export TMPDIR="$d/tmp"
+exec "$@"
+"#;
+
+impl UfwJail {
+    /// The ufw program the jail runs.
+    pub const UFW: &'static str = "/usr/sbin/ufw";
+
+    /// Makes the scratch copies for a jail in `ns`. ufw must be installed.
+    pub fn new(ns: &Netns) -> io::Result<UfwJail> {
+        for p in ["/etc/ufw", "/etc/default/ufw", "/lib/ufw", Self::UFW] {
+            if !Path::new(p).exists() {
+                return Err(io::Error::other(format!(
+                    "{p} is missing: is ufw installed? (apt-get install ufw)"
+                )));
+            }
+        }
+        let dir = TempDir::new("ufwjail")?;
+        for (from, to) in
+            [("/etc/ufw", "etc-ufw"), ("/etc/default/ufw", "default-ufw"), ("/lib/ufw/.", "lib-ufw")]
+        {
+            run(Command::new("cp").arg("-a").arg(from).arg(dir.join(to)))?;
+        }
+        std::fs::create_dir(dir.join("run"))?;
+        std::fs::create_dir(dir.join("tmp"))?;
+        for name in ["user.rules", "user6.rules"] {
+            let template = Path::new("/usr/share/ufw/iptables").join(name);
+            if template.is_file() {
+                std::fs::copy(&template, dir.join("etc-ufw").join(name))?;
+            }
+        }
+        let set = |file: PathBuf, values: &[(&str, &str)]| -> io::Result<()> {
+            let mut text: String = std::fs::read_to_string(&file)?
+                .lines()
+                .filter(|l| !values.iter().any(|(k, _)| l.starts_with(&format!("{k}="))))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            for (k, v) in values {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+            std::fs::write(file, text)
+        };
+        set(dir.join("etc-ufw").join("ufw.conf"), &[("ENABLED", "no"), ("LOGLEVEL", "off")])?;
+        set(dir.join("default-ufw"), &[("IPV6", "yes"), ("IPT_SYSCTL", ""), ("IPT_MODULES", "\"\"")])?;
+        Ok(UfwJail { ns: ns.name().to_owned(), dir })
+    }
+
+    /// The scratch directory holding the copies.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where ufw's lock file lands inside the jail (`/run/ufw.lock` as ufw sees it).
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("run").join("ufw.lock")
+    }
+
+    /// The argv that runs a program inside the jail: put it before `/usr/sbin/ufw ARGS`.
+    pub fn prefix(&self) -> Vec<String> {
+        let mut p: Vec<String> =
+            ["ip", "netns", "exec", &self.ns, "unshare", "--mount", "--propagation", "private"]
+                .map(str::to_owned)
+                .to_vec();
+        p.extend(["/bin/sh".to_owned(), "-c".to_owned(), UFW_JAIL_SH.to_owned(), "ufw-jail".to_owned()]);
+        p.push(self.dir.path().display().to_string());
+        p
+    }
+
+    /// A command running `program` inside the jail, in the C locale.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let prefix = self.prefix();
+        let mut c = Command::new(&prefix[0]);
+        c.args(&prefix[1..]).arg(program).env("LC_ALL", "C").env("LANG", "C");
+        c
+    }
+
+    /// Runs `ufw ARGS` in the jail and returns its stdout, failing on non-zero exit.
+    pub fn ufw(&self, args: &[&str]) -> io::Result<String> {
+        let out = run(self.command(Self::UFW).args(args))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// `iptables-save` then `ip6tables-save` in `ns`, without the `#` comment lines (they
+/// carry the time) and without packet counters (`[0:0]`): two snapshots are equal when
+/// the rulesets are.
+pub fn ruleset(ns: &Netns) -> io::Result<String> {
+    let mut out = String::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        out.push_str(&format!("## {tool}\n"));
+        for line in ns.sh_ok(tool)?.lines().filter(|l| !l.starts_with('#')) {
+            // `:CHAIN POLICY [packets:bytes]`: drop the counters.
+            let line = match line.rfind(" [") {
+                Some(i) if line.starts_with(':') && line.ends_with(']') => &line[..i],
+                _ => line,
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
