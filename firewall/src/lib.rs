@@ -1,22 +1,31 @@
-//! Opening and closing access: knockd-style commands run off the packet path,
-//! with stop commands fired by a timer and repeat knocks de-duplicated.
+//! Opening and closing access for successful knocks: knockd-style commands or a
+//! native firewall backend, off the packet path, within limits, and journaled so that
+//! a crash never leaves a door open for ever.
 //!
-//! - [`grants`]: which (door, address) pairs are open and until when; pure logic
-//!   with time passed in, so it is tested without sleeping.
-//! - [`runner`]: the one narrow interface to the outside world, running a command
-//!   line (`/bin/sh -c` in production).
+//! - [`executor`]: the public face ([`Executor`], [`ExecutorHandle`], [`GrantRequest`],
+//!   [`Report`]) and its threads.
+//! - `scheduler` (private): every decision (grants, limits, ordering,
+//!   retries, reconciliation) as a state machine with time passed in, tested without
+//!   threads or sleeping.
+//! - [`bucket`]: the token bucket that limits firewall operations.
+//! - [`journal`]: the grant journal under the state directory.
+//! - [`runner`]: running a command line (`/bin/sh -c`, in its own process group).
 //! - [`backend`]: the `Backend` trait every firewall backend implements.
-//! - [`executor`]: the threads: a timer that owns the grant table and a runner that
-//!   executes commands in order, reporting what happened as [`Report`]s.
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod bucket;
 pub mod executor;
-pub mod grants;
+pub mod journal;
 pub mod runner;
+mod scheduler;
 
-pub use executor::{Executor, ExecutorHandle, GrantRequest, Report};
-pub use runner::{CommandRunner, ShellRunner};
+pub use executor::{
+    Action, BackendResolver, Executor, ExecutorConfig, ExecutorError, ExecutorHandle, GrantRequest, OpKind,
+    OpResult, Refusal, Report, Stats,
+};
+pub use runner::{CommandRunner, Outcome, ShellRunner};
+pub use scheduler::{RETRY_BASE, TRIES};
 
 /// knockd's `%IP%` substitution: every occurrence, literally and case-sensitively.
 pub fn substitute(command: &str, ip: &str) -> String {
