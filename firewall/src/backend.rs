@@ -3,6 +3,8 @@
 //! per backend (command, nftables, iptables, ufw) implements it; the executor drives
 //! them, and the logic above them is tested with a fake.
 
+pub mod nftables;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
