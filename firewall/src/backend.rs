@@ -4,6 +4,7 @@
 //! them, and the logic above them is tested with a fake.
 
 pub mod iptables;
+pub mod nftables;
 pub mod tool;
 pub mod ufw;
 
