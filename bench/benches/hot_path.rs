@@ -48,6 +48,7 @@ fn matcher() -> Matcher {
         options: Options::default(),
         doors: vec![d, udp],
         tuning: Default::default(),
+        firewall: Default::default(),
     };
     Matcher::new(Doors::new(&config).unwrap(), vec![IpAddr::V4(US)], BUDGET)
 }

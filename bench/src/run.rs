@@ -396,14 +396,12 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         }
         None => lab.server.command(&cfg.daemon),
     };
-    cmd.arg("-i")
-        .arg(&lab.server_if)
-        .arg("-c")
-        .arg(&conf)
-        .args(&cfg.daemon_args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
+    cmd.arg("-i").arg(&lab.server_if).arg("-c").arg(&conf).args(&cfg.daemon_args);
+    if !cfg.daemon.ends_with("knockd") {
+        // sesamed's grant journal stays in the run's scratch directory.
+        cmd.arg("--state-dir").arg(tmp.join("state"));
+    }
+    cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     let t0 = Instant::now();
     let mut daemon =
         ChildGuard::spawn(&mut cmd).with_context(|| format!("starting {}", cfg.daemon.display()))?;

@@ -9,7 +9,7 @@
 //! door's event or grant look like another's.
 
 use crate::config::onetime::{OneTimeFile, OneTimeLine};
-use crate::config::{Config, ConfigError, Door, Step, TcpFlagRule};
+use crate::config::{BackendKind, Config, ConfigError, Door, Step, TcpFlagRule};
 use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::{CaptureError, Knock, Link, Proto};
 use std::collections::HashMap;
@@ -96,6 +96,8 @@ pub struct Doors {
     pub(crate) one_time: Vec<Option<OneTime>>,
     /// The doors as configured (commands, timeouts), in the same order.
     config: Vec<Door>,
+    /// Each door's firewall backend, `[firewall] backend` applied.
+    backends: Vec<Option<BackendKind>>,
 }
 
 impl Doors {
@@ -109,7 +111,8 @@ impl Doors {
             initial.push(state);
             one_time.push(ot);
         }
-        Ok(Arc::new(Doors { initial, one_time, config: config.doors.clone() }))
+        let backends = config.doors.iter().map(|d| d.backend_in(&config.firewall)).collect();
+        Ok(Arc::new(Doors { initial, one_time, config: config.doors.clone(), backends }))
     }
 
     /// Doors that are disabled from the start (one-time files with no sequence left).
@@ -117,9 +120,9 @@ impl Doors {
         self.initial.iter().filter(|d| !d.enabled).map(|d| d.key)
     }
 
-    /// The configured door with identity `key`.
-    pub fn get(&self, key: DoorKey) -> Option<&Door> {
-        self.initial.iter().position(|d| d.key == key).map(|i| &self.config[i])
+    /// The configured door with identity `key`, and the backend its grants go through.
+    pub fn get(&self, key: DoorKey) -> Option<(&Door, Option<BackendKind>)> {
+        self.initial.iter().position(|d| d.key == key).map(|i| (&self.config[i], self.backends[i]))
     }
 
     pub fn len(&self) -> usize {
@@ -227,6 +230,7 @@ mod tests {
             options: Options::default(),
             doors: names.iter().map(|n| Door::new(*n, parse_sequence("1,2").unwrap())).collect(),
             tuning: Default::default(),
+            firewall: Default::default(),
         }
     }
 
@@ -254,7 +258,7 @@ mod tests {
         let c = config(&["x-k", "y-k"]);
         let doors = Doors::new(&c).unwrap();
         let y = keys(&c)[1];
-        assert_eq!(doors.get(y).map(|d| d.name.as_str()), Some("y-k"));
+        assert_eq!(doors.get(y).map(|(d, _)| d.name.as_str()), Some("y-k"));
         assert!(doors.get(DoorKey::of("absent-k", 0)).is_none());
     }
 }

@@ -60,30 +60,78 @@ pub fn event_message(event: &Event, door_name: &str, host: Option<&str>) -> Mess
     }
 }
 
-/// knockd's text for an executor report.
-pub fn report_message(report: &Report, host: Option<&str>) -> Message {
+/// knockd's text for an executor report; `None` for reports that are records, not
+/// log lines (per-operation timings).
+pub fn report_message(report: &Report, host: Option<&str>) -> Option<Message> {
+    let plain = |text: String| Some(Message::plain(text));
     match report {
         Report::Running { door_name, command } => {
-            Message { text: format!("{door_name}: running command: {command}"), newline: true }
+            Some(Message { text: format!("{door_name}: running command: {command}"), newline: true })
         }
         Report::Failed { door_name, code } => {
-            Message::plain(format!("{door_name}: command returned non-zero status code ({code})"))
+            plain(format!("{door_name}: command returned non-zero status code ({code})"))
         }
         Report::SpawnFailed { door_name, error } => {
             // knockd's exact words; the cause goes to stderr, where knockd also reports it.
             eprintln!("{door_name}: cannot run command: {error}");
-            Message::plain("error: command fork failed!".to_owned())
+            plain("error: command fork failed!".to_owned())
         }
         Report::Timeout { ip, door_name } => {
-            Message::plain(format!("{}: {door_name}: command timeout", who(*ip, host)))
+            plain(format!("{}: {door_name}: command timeout", who(*ip, host)))
         }
-        Report::Extended { ip, door_name, secs } => Message::plain(format!(
-            "{}: {door_name}: access already open, extended by {secs} seconds",
+        Report::Extended { ip, door_name, secs } => {
+            plain(format!("{}: {door_name}: access already open, extended by {secs} seconds", who(*ip, host)))
+        }
+        Report::ClosingOnShutdown { ip, door_name } => {
+            plain(format!("{}: {door_name}: closing on shutdown", who(*ip, host)))
+        }
+        Report::Refused { ip, door_name, reason } => {
+            plain(format!("{}: {door_name}: access refused: {reason}", who(*ip, host)))
+        }
+        Report::CommandTimedOut { door_name, command, after } => plain(format!(
+            "error: {door_name}: command killed after {} seconds: {command}",
+            after.as_secs_f64().round()
+        )),
+        Report::BackendRunning { door_name, ip, backend, op } => {
+            plain(format!("{}: {door_name}: {backend}: {}", who(*ip, host), op.name()))
+        }
+        Report::BackendFailed { door_name, ip, backend, op, error, attempt } => plain(format!(
+            "error: {}: {door_name}: {backend}: {} failed (attempt {attempt}): {error}",
+            who(*ip, host),
+            op.name()
+        )),
+        Report::BackendTimedOut { door_name, ip, backend, op, after } => plain(format!(
+            "error: {}: {door_name}: {backend}: {} has not returned after {} seconds",
+            who(*ip, host),
+            op.name(),
+            after.as_secs_f64().round()
+        )),
+        Report::Retrying { door_name, ip, op, attempt, after } => plain(format!(
+            "{}: {door_name}: trying {} again in {:.1} seconds (attempt {attempt})",
+            who(*ip, host),
+            op.name(),
+            after.as_secs_f64()
+        )),
+        Report::GaveUp { door_name, ip, op, attempts } => plain(format!(
+            "error: {}: {door_name}: gave up on {} after {attempts} attempts",
+            who(*ip, host),
+            op.name()
+        )),
+        Report::Rearmed { ip, door_name, secs } => plain(format!(
+            "{}: {door_name}: access open from before the restart, closing in {secs} seconds",
             who(*ip, host)
         )),
-        Report::ClosingOnShutdown { ip, door_name } => {
-            Message::plain(format!("{}: {door_name}: closing on shutdown", who(*ip, host)))
-        }
+        Report::ExpiredWhileDown { ip, door_name } => plain(format!(
+            "{}: {door_name}: access expired while sesamed was not running, closing it now",
+            who(*ip, host)
+        )),
+        Report::UnknownBackend { ip, door_name, backend } => plain(format!(
+            "error: {}: {door_name}: the grant journal names backend '{backend}', which this sesamed \
+             does not run; the grant is kept for a later start",
+            who(*ip, host)
+        )),
+        Report::JournalFailed { error } => plain(format!("error: grant journal: {error}")),
+        Report::Operation { .. } => None,
     }
 }
 
@@ -119,6 +167,9 @@ pub struct Destinations {
     pub stdout: bool,
     /// `-l`: name knockers by reverse lookup.
     pub lookup: bool,
+    /// `--ops-log`: one line per firewall operation with its times, for checking the
+    /// executor's limits and latencies from outside.
+    pub ops: Option<PathBuf>,
 }
 
 /// Sending side of the log, cheap to clone.
@@ -189,7 +240,11 @@ pub fn start(dest: Destinations) -> std::io::Result<(Log, LogThread)> {
     };
     let syslog = dest.syslog.then(Syslog::connect);
     let (tx, rx) = crossbeam_channel::bounded(QUEUE);
-    let mut writer = Writer { file, syslog, stdout: dest.stdout, lookup: dest.lookup };
+    let ops = match &dest.ops {
+        Some(p) => Some(std::io::BufWriter::new(open_log_file(p)?)),
+        None => None,
+    };
+    let mut writer = Writer { file, ops, syslog, stdout: dest.stdout, lookup: dest.lookup };
     let handle = std::thread::Builder::new()
         .name("sesame-log".into())
         .spawn(move || writer.run(rx))
@@ -257,6 +312,7 @@ impl Syslog {
 
 struct Writer {
     file: Option<File>,
+    ops: Option<std::io::BufWriter<File>>,
     syslog: Option<Syslog>,
     stdout: bool,
     lookup: bool,
@@ -274,11 +330,21 @@ impl Writer {
                     event_message(&e, &name, host.as_deref())
                 }
                 LogItem::Report(r) => {
+                    if let (Some(ops), Report::Operation { .. }) = (&mut self.ops, &r) {
+                        let _ = ops.write_all(operation_line(&r).as_bytes());
+                        continue;
+                    }
                     let host = self.host(report_ip(&r));
-                    report_message(&r, host.as_deref())
+                    match report_message(&r, host.as_deref()) {
+                        Some(m) => m,
+                        None => continue,
+                    }
                 }
                 LogItem::Text(m) => m,
                 LogItem::Flush(ack) => {
+                    if let Some(o) = &mut self.ops {
+                        let _ = o.flush();
+                    }
                     if let Some(f) = &mut self.file {
                         let _ = f.flush();
                     }
@@ -321,12 +387,35 @@ fn event_ip(e: &Event) -> Option<IpAddr> {
     }
 }
 
+/// `--ops-log`'s line for an operation: `STARTED FINISHED OP RESULT IP DOOR`, times as
+/// seconds since the epoch with nanoseconds (the door last: it may contain spaces).
+fn operation_line(r: &Report) -> String {
+    let Report::Operation { door_name, ip, op, started, finished, result } = r else { return String::new() };
+    let secs =
+        |t: &std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    format!("{:.9} {:.9} {} {:?} {ip} {door_name}\n", secs(started), secs(finished), op.name(), result)
+}
+
 fn report_ip(r: &Report) -> Option<IpAddr> {
     match r {
-        Report::Timeout { ip, .. } | Report::Extended { ip, .. } | Report::ClosingOnShutdown { ip, .. } => {
-            Some(*ip)
-        }
-        Report::Running { .. } | Report::Failed { .. } | Report::SpawnFailed { .. } => None,
+        Report::Timeout { ip, .. }
+        | Report::Extended { ip, .. }
+        | Report::ClosingOnShutdown { ip, .. }
+        | Report::Refused { ip, .. }
+        | Report::BackendRunning { ip, .. }
+        | Report::BackendFailed { ip, .. }
+        | Report::BackendTimedOut { ip, .. }
+        | Report::Retrying { ip, .. }
+        | Report::GaveUp { ip, .. }
+        | Report::Rearmed { ip, .. }
+        | Report::ExpiredWhileDown { ip, .. }
+        | Report::UnknownBackend { ip, .. }
+        | Report::Operation { ip, .. } => Some(*ip),
+        Report::Running { .. }
+        | Report::Failed { .. }
+        | Report::SpawnFailed { .. }
+        | Report::CommandTimedOut { .. }
+        | Report::JournalFailed { .. } => None,
     }
 }
 
@@ -385,15 +474,15 @@ mod tests {
             command: "iptables -I INPUT -s 198.18.0.2".into(),
         };
         assert_eq!(
-            line(report_message(&running, None)),
+            line(report_message(&running, None).unwrap()),
             "[2026-11-21 08:16] openSSH: running command: iptables -I INPUT -s 198.18.0.2\n\n"
         );
         assert_eq!(
-            line(report_message(&Report::Failed { door_name: "openSSH".into(), code: 1 }, None)),
+            line(report_message(&Report::Failed { door_name: "openSSH".into(), code: 1 }, None).unwrap()),
             "[2026-11-21 08:16] openSSH: command returned non-zero status code (1)\n"
         );
         assert_eq!(
-            line(report_message(&Report::Timeout { ip: IP, door_name: "openSSH".into() }, None)),
+            line(report_message(&Report::Timeout { ip: IP, door_name: "openSSH".into() }, None).unwrap()),
             "[2026-11-21 08:16] 198.18.0.2: openSSH: command timeout\n"
         );
     }

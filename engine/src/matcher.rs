@@ -434,6 +434,7 @@ mod tests {
             options: Options::default(),
             doors,
             tuning: Default::default(),
+            firewall: Default::default(),
         };
         Matcher::new(Doors::new(&config).unwrap(), vec![US, OTHER_US], 1 << 20)
     }
@@ -683,6 +684,7 @@ mod tests {
             options: Options::default(),
             doors: vec![d],
             tuning: Default::default(),
+            firewall: Default::default(),
         };
         (dir, path, config)
     }
@@ -742,6 +744,7 @@ mod tests {
             options: Options::default(),
             doors: new_doors,
             tuning: Default::default(),
+            firewall: Default::default(),
         };
         let capacity = old.tracker().capacity();
         let mut new = old;
@@ -781,6 +784,7 @@ mod tests {
             options: Options::default(),
             doors: vec![door("d", "7000,8000", 5)],
             tuning: Default::default(),
+            firewall: Default::default(),
         };
         let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US, v6us], 1 << 20);
         let kn =
@@ -909,6 +913,7 @@ mod tests {
             options: Options::default(),
             doors: vec![door("doorB", "7004,7005,7006", 5), door("doorA", "7001,7002,7003", 5)],
             tuning: Default::default(),
+            firewall: Default::default(),
         };
         m.reload(Doors::new(&config).unwrap());
         assert_eq!(m.in_progress(), 2);

@@ -157,6 +157,8 @@ fn every_key_with_case_aliases_and_odd_values() {
         stop_command_6: Some("/usr/sbin/ip6tables -D INPUT -s %IP% -p tcp --dport 25 -j ACCEPT".into()),
         cmd_timeout: 5,
         target: Some("2001:db8::1".parse().unwrap()),
+        open: Vec::new(),
+        backend: None,
     };
     let wake = Door {
         name: "wake up".into(),

@@ -41,6 +41,8 @@ fn start(lab: &Lab, conf: &Path, log: &Path, flags: &[&str]) -> ChildGuard {
             .args(flags)
             .args(["-i", &lab.server_if, "-c"])
             .arg(conf)
+            .arg("--state-dir")
+            .arg(log.with_extension("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
@@ -70,6 +72,8 @@ fn daemonises_with_pid_file_and_log_file_from_the_command_line() {
         .command(SESAMED)
         .args(["-d", "-i", &lab.server_if, "-c"])
         .arg(&conf)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
         .arg("-p")
         .arg(&pid_file)
         .arg("-g")

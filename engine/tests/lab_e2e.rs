@@ -168,12 +168,12 @@ impl Fixture {
         let text = format!("[options]\n\tLogFile = {}\n\n{doors}", log.display());
         std::fs::write(&conf, text).expect("write knockd.conf");
         let mut cmd = self.lab.server.command(&bin.path);
-        cmd.arg("-i")
-            .arg(&self.lab.server_if)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-v")
-            .stdin(Stdio::null())
+        cmd.arg("-i").arg(&self.lab.server_if).arg("-c").arg(&conf).arg("-v");
+        if !bin.is_knockd {
+            // Each sesamed keeps its grant journal in the test's own directory.
+            cmd.arg("--state-dir").arg(self.dir.join(&format!("{n}-state")));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
         let child = ChildGuard::spawn(&mut cmd).unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));

@@ -766,9 +766,14 @@ impl Scheduler {
         // A timed-out try is not tried again: it has held a slot for the whole
         // timeout already, and what hung once usually hangs again.
         let mut retryable = !f.released;
+        // A knockd command that exits non-zero is reported in knockd's words and not
+        // run again: knockd runs it once, and the command may not be idempotent.
+        let mut knockd_once = false;
         match (&result, &f.what) {
             (JobResult::Command(Outcome::Success) | JobResult::Backend, _) => {}
             (JobResult::Command(Outcome::Failed(code)), _) => {
+                retryable = false;
+                knockd_once = true;
                 self.report(Report::Failed { door_name: door_name.clone(), code: *code })
             }
             (JobResult::Command(Outcome::TimedOut), What::Command(command)) => {
@@ -809,6 +814,8 @@ impl Scheduler {
                 attempt: failures + 2,
                 after,
             });
+        } else if knockd_once {
+            self.counters.failed.fetch_add(1, Relaxed);
         } else if !ok {
             self.counters.failed.fetch_add(1, Relaxed);
             self.report(Report::GaveUp {
@@ -1348,17 +1355,42 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_retried_with_backoff_then_succeed() {
-        let script: Script = Box::new(|label, before| {
-            let r = if label == "open" && before < 2 { Outcome::Failed(4) } else { Outcome::Success };
+    fn a_failing_knockd_command_runs_once_as_in_knockd() {
+        let script: Script = Box::new(|label, _| {
+            let r = if label == "open" { Outcome::Failed(4) } else { Outcome::Success };
             (10 * MS, JobResult::Command(r))
         });
         let mut sim = Sim::new(limits(), script);
         sim.knock(cmds("ssh", IP, "open", Some("close"), 30 * S));
+        sim.run_to(60 * S);
+        assert_eq!(sim.labels(), ["open", "close"], "not run again; still closed at its time");
+        assert_eq!(sim.started("close"), [30 * S]);
+        assert_eq!(sim.reported(|r| matches!(r, Report::Failed { code: 4, .. })).len(), 1);
+        assert!(sim.reported(|r| matches!(r, Report::Retrying { .. } | Report::GaveUp { .. })).is_empty());
+        assert_eq!(sim.counters.failed.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn backend_failures_are_retried_with_backoff_then_succeed() {
+        let mut opens = 0;
+        let script: Script = Box::new(move |label, _| {
+            let open = label.starts_with("fake open");
+            opens += u32::from(open);
+            if open && opens <= 2 {
+                (10 * MS, JobResult::BackendFailed("EBUSY".into()))
+            } else {
+                (10 * MS, JobResult::Backend)
+            }
+        });
+        let mut sim = Sim::new(limits(), script);
+        sim.knock(native("ssh", IP, 30 * S));
         sim.run_to(10 * S);
-        // Tries at 0, then 500 ms after the first ended, then 1 s after the second.
-        assert_eq!(sim.started("open"), [Duration::ZERO, 510 * MS, 1520 * MS]);
-        assert_eq!(sim.reported(|r| matches!(r, Report::Failed { code: 4, .. })).len(), 2);
+        // Tries at 0, then 500 ms after the first ended, then 1 s after the second, each
+        // asking for what is left of the grant's time.
+        assert_eq!(sim.started("fake open 198.18.0.2 30s"), [Duration::ZERO]);
+        assert_eq!(sim.started("fake open 198.18.0.2 29s"), [510 * MS]);
+        assert_eq!(sim.started("fake open 198.18.0.2 28s"), [1520 * MS]);
+        assert_eq!(sim.reported(|r| matches!(r, Report::BackendFailed { .. })).len(), 2);
         assert_eq!(sim.reported(|r| matches!(r, Report::Retrying { .. })).len(), 2);
         assert_eq!(sim.counters.retried.load(Relaxed), 2);
         assert_eq!(sim.counters.failed.load(Relaxed), 0);
@@ -1366,16 +1398,20 @@ mod tests {
     }
 
     #[test]
-    fn an_open_that_keeps_failing_is_given_up_and_still_closed_at_its_time() {
+    fn a_backend_open_that_keeps_failing_is_given_up_and_still_closed_at_its_time() {
         let script: Script = Box::new(|label, _| {
-            let r = if label == "open" { Outcome::Failed(1) } else { Outcome::Success };
-            (MS, JobResult::Command(r))
+            if label.starts_with("fake open") {
+                (MS, JobResult::BackendFailed("EPERM".into()))
+            } else {
+                (MS, JobResult::Backend)
+            }
         });
         let mut sim = Sim::new(limits(), script);
-        sim.knock(cmds("ssh", IP, "open", Some("close"), 30 * S));
+        sim.knock(native("ssh", IP, 30 * S));
         sim.run_to(60 * S);
-        assert_eq!(sim.labels(), ["open", "open", "open", "close"]);
-        assert_eq!(sim.started("close"), [30 * S], "a half-done open is cleaned up on time");
+        let opens = sim.labels().iter().filter(|l| l.starts_with("fake open")).count();
+        assert_eq!(opens as u32, TRIES, "{:?}", sim.labels());
+        assert_eq!(sim.started("fake close 198.18.0.2"), [30 * S], "a half-done open is cleaned up on time");
         let gave_up = sim.reported(|r| matches!(r, Report::GaveUp { .. }));
         assert!(
             matches!(gave_up[..], [(_, Report::GaveUp { op: OpKind::Open, attempts: TRIES, .. })]),

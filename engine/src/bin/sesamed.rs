@@ -53,6 +53,12 @@ struct Args {
     /// attempt-table memory for all workers, MiB (sesame only; default: the config's, else 64)
     #[arg(long = "memory-mib", value_name = "mib", value_parser = clap::value_parser!(u32).range(1..=1048576))]
     memory_mib: Option<u32>,
+    /// where the grant journal lives (sesame only; default: the config's, else /var/lib/sesame)
+    #[arg(long = "state-dir", value_name = "dir")]
+    state_dir: Option<PathBuf>,
+    /// write one line per firewall operation (start, end, result) to this file (sesame only)
+    #[arg(long = "ops-log", value_name = "file")]
+    ops_log: Option<PathBuf>,
     /// display version
     #[arg(short = 'V', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
         ipv4_only: args.only_ipv4,
         workers: args.workers,
         memory_mib: args.memory_mib,
+        state_dir: args.state_dir,
+        ops_log: args.ops_log,
     };
     match daemon::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

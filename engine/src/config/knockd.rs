@@ -34,6 +34,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         options: parser.options,
         doors: parser.doors,
         tuning: Default::default(),
+        firewall: Default::default(),
     })
 }
 
@@ -90,6 +91,8 @@ struct Draft {
     header_line: usize,
     sequence_line: Option<usize>,
     one_time: Option<(PathBuf, usize)>,
+    /// The line of the last sesame-only `Open`/`Backend` key, for their errors.
+    firewall_line: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,6 +111,8 @@ enum Key {
     StopCommand6,
     CmdTimeout,
     Target,
+    Open,
+    Backend,
 }
 
 impl Key {
@@ -127,6 +132,9 @@ impl Key {
             "STOP_COMMAND_6" => Key::StopCommand6,
             "CMD_TIMEOUT" => Key::CmdTimeout,
             "TARGET" => Key::Target,
+            // sesame-only.
+            "OPEN" => Key::Open,
+            "BACKEND" => Key::Backend,
             _ => return None,
         })
     }
@@ -203,6 +211,7 @@ impl Parser<'_> {
                 header_line: n,
                 sequence_line: None,
                 one_time: None,
+                firewall_line: None,
             }))
         });
         Ok(())
@@ -236,6 +245,14 @@ impl Parser<'_> {
             Key::StopCommand => door.stop_command = Some(value.to_owned()),
             Key::StopCommand6 => door.stop_command_6 = Some(value.to_owned()),
             Key::Target => door.target = Some(parse_target(value)?),
+            Key::Open => {
+                door.open = super::parse_open(value.split(','))?;
+                draft.firewall_line = Some(n);
+            }
+            Key::Backend => {
+                door.backend = Some(super::BackendKind::parse(value)?);
+                draft.firewall_line = Some(n);
+            }
             Key::UseSyslog | Key::LogFile | Key::PidFile | Key::Interface => {
                 unreachable!("not a door key")
             }
@@ -257,6 +274,7 @@ impl Parser<'_> {
             let line = draft.sequence_line.unwrap_or(draft.header_line);
             return Err(self.error(line, Problem::EmptySequence(door.name)));
         }
+        door.check_backend().map_err(|p| self.error(draft.firewall_line.unwrap_or(draft.header_line), p))?;
         self.doors.push(door);
         Ok(())
     }
@@ -330,6 +348,35 @@ mod tests {
         let c = parse_str("[ spaced name ]\nsequence=1\n[options]\ninterface = wlan0\n").unwrap();
         assert_eq!(c.doors[0].name, "spaced name");
         assert_eq!(c.options.interfaces, ["wlan0"]);
+    }
+
+    #[test]
+    fn open_and_backend_are_sesame_only_door_keys() {
+        let c = parse_str("[ssh]\nsequence = 1,2,3\nOpen = 22/tcp, 53/udp\nBackend = iptables\n").unwrap();
+        let d = &c.doors[0];
+        assert_eq!(
+            d.open,
+            [super::super::Port { port: 22, proto: super::super::L4::Tcp }, "53/udp".parse().unwrap()]
+        );
+        assert_eq!(d.backend, Some(super::super::BackendKind::Iptables));
+        // With no Backend, `[firewall] backend` (nftables by default) applies.
+        let c = parse_str("[ssh]\nsequence = 1,2,3\nopen = 22\n").unwrap();
+        assert_eq!(c.doors[0].backend_in(&c.firewall), Some(super::super::BackendKind::Nftables));
+        assert!(
+            matches!(problem("[d]\nsequence = 1\nopen = 22/icmp\n"), (3, Problem::Other(m)) if m.contains("22/icmp"))
+        );
+        assert!(
+            matches!(problem("[d]\nsequence = 1\nbackend = pf\n"), (3, Problem::Other(m)) if m.contains("'pf'"))
+        );
+        assert!(
+            matches!(problem("[d]\nsequence = 1\nopen = 22\ncommand = x\n"), (3, Problem::Other(m)) if m.contains("not both"))
+        );
+        assert!(
+            matches!(problem("[d]\nsequence = 1\nbackend = ufw\n"), (3, Problem::Other(m)) if m.contains("nothing to open"))
+        );
+        assert!(
+            matches!(problem("[d]\nsequence = 1\nbackend = command\nopen = 22\n"), (4, Problem::Other(m)) if m.contains("native"))
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod onetime;
 mod summary;
 
 use sesame_capture::Proto;
+pub use sesame_firewall::backend::{Port, L4};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,80 @@ pub struct Config {
     pub doors: Vec<Door>,
     /// sesame-only settings (native TOML `[capture]` and `[limits]`; defaults for knockd.conf).
     pub tuning: Tuning,
+    /// sesame-only: the firewall executor and the default backend (TOML `[firewall]`).
+    pub firewall: FirewallSettings,
+}
+
+/// Which firewall a door's grants go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// knockd's start/stop commands.
+    Command,
+    /// sesame's own nftables table, spoken to over netlink.
+    Nftables,
+    /// sesame's own iptables/ip6tables chain.
+    Iptables,
+    /// `ufw allow` / `ufw delete allow`.
+    Ufw,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] =
+        [BackendKind::Command, BackendKind::Nftables, BackendKind::Iptables, BackendKind::Ufw];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendKind::Command => "command",
+            BackendKind::Nftables => "nftables",
+            BackendKind::Iptables => "iptables",
+            BackendKind::Ufw => "ufw",
+        }
+    }
+
+    /// A backend by its config name (case-insensitive).
+    pub fn parse(text: &str) -> Result<BackendKind, Problem> {
+        let text = text.trim();
+        BackendKind::ALL.into_iter().find(|b| b.name().eq_ignore_ascii_case(text)).ok_or_else(|| {
+            Problem::Other(format!(
+                "unknown backend '{text}': must be one of command, nftables, iptables, ufw"
+            ))
+        })
+    }
+}
+
+/// The `[firewall]` section: the executor's limits and the default backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirewallSettings {
+    /// The backend of doors with `open` and no `backend` of their own.
+    pub backend: BackendKind,
+    /// Firewall operations per second, all doors together (token bucket).
+    pub rate: u32,
+    pub burst: u32,
+    /// Operations running at once.
+    pub concurrency: u32,
+    /// Seconds a command may run before it is killed and reported.
+    pub command_timeout: u32,
+    /// Pending operations; beyond it new grants are refused.
+    pub queue: u32,
+    /// Where the grant journal lives.
+    pub state_dir: PathBuf,
+    /// Close open grants on a clean stop.
+    pub close_on_exit: bool,
+}
+
+impl Default for FirewallSettings {
+    fn default() -> Self {
+        FirewallSettings {
+            backend: BackendKind::Nftables,
+            rate: 100,
+            burst: 200,
+            concurrency: 4,
+            command_timeout: 10,
+            queue: 4096,
+            state_dir: PathBuf::from("/var/lib/sesame"),
+            close_on_exit: true,
+        }
+    }
 }
 
 /// Capture and resource settings knockd does not have.
@@ -137,6 +212,10 @@ pub struct Door {
     pub stop_command_6: Option<String>,
     pub cmd_timeout: u32,
     pub target: Option<IpAddr>,
+    /// sesame-only: what a knock opens for the knocker's address with a native backend.
+    pub open: Vec<Port>,
+    /// sesame-only: this door's backend, overriding `[firewall] backend`.
+    pub backend: Option<BackendKind>,
 }
 
 impl Door {
@@ -154,6 +233,46 @@ impl Door {
             stop_command_6: None,
             cmd_timeout: DEFAULT_CMD_TIMEOUT,
             target: None,
+            open: Vec::new(),
+            backend: None,
+        }
+    }
+
+    /// The backend this door's grants go through: its own, else `[firewall] backend`
+    /// for a door with `open`, else knockd's commands; `None` for a door that only logs.
+    pub fn backend_in(&self, firewall: &FirewallSettings) -> Option<BackendKind> {
+        if !self.open.is_empty() {
+            Some(self.backend.unwrap_or(firewall.backend))
+        } else if self.backend.is_some() {
+            self.backend
+        } else if self.start_command.is_some() || self.start_command_6.is_some() {
+            Some(BackendKind::Command)
+        } else {
+            None
+        }
+    }
+
+    /// Whether `open` and `backend` agree with the commands: a door opens either through
+    /// a native backend (`open`) or through commands, never both, never neither half.
+    pub fn check_backend(&self) -> Result<(), Problem> {
+        let commands = self.start_command.is_some() || self.start_command_6.is_some();
+        match (self.backend, self.open.is_empty()) {
+            (Some(BackendKind::Command), false) => Err(Problem::Other(format!(
+                "door '{}' has open = ... with backend command: open needs a native backend \
+                 (nftables, iptables, ufw); a command door opens with start_command",
+                self.name
+            ))),
+            (Some(b), true) if b != BackendKind::Command => Err(Problem::Other(format!(
+                "door '{}' has backend {} but nothing to open: add open = 22/tcp (the ports a knock opens)",
+                self.name,
+                b.name()
+            ))),
+            (_, false) if commands => Err(Problem::Other(format!(
+                "door '{}' has both open = ... and a start command: a door opens either through a \
+                 native backend (open) or through commands, not both",
+                self.name
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -285,6 +404,22 @@ pub fn parse_interfaces<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<
             return Err(Problem::Other(format!("interface '{name}' is listed twice")));
         }
         out.push(name.to_owned());
+    }
+    Ok(out)
+}
+
+/// Parses `open`: ports as `PORT/tcp` or `PORT/udp` (a bare port is TCP), no port twice.
+pub fn parse_open<'a>(ports: impl IntoIterator<Item = &'a str>) -> Result<Vec<Port>, Problem> {
+    let mut out: Vec<Port> = Vec::new();
+    for text in ports {
+        if text.trim().is_empty() {
+            continue;
+        }
+        let port: Port = text.parse().map_err(Problem::Other)?;
+        if out.contains(&port) {
+            return Err(Problem::Other(format!("port {port} is listed twice in open")));
+        }
+        out.push(port);
     }
     Ok(out)
 }

@@ -21,8 +21,8 @@
 
 use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
 use super::{
-    onetime, parse_interfaces, parse_sequence, parse_step, Config, ConfigError, Door, OneTimeSequences,
-    Options, Problem, Step, Tuning, MAX_SEQUENCE,
+    onetime, parse_interfaces, parse_open, parse_sequence, parse_step, BackendKind, Config, ConfigError,
+    Door, FirewallSettings, OneTimeSequences, Options, Port, Problem, Step, Tuning, MAX_SEQUENCE,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -57,7 +57,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         .map(|d| door(d).map_err(|(span, problem)| error(Some(span), problem)))
         .collect::<Result<_, _>>()?;
     let tuning = tuning(file.capture, file.limits).map_err(|(span, problem)| error(Some(span), problem))?;
-    Ok(Config { source: path.to_owned(), options, doors, tuning })
+    let firewall =
+        firewall(file.firewall.unwrap_or_default()).map_err(|(span, problem)| error(Some(span), problem))?;
+    Ok(Config { source: path.to_owned(), options, doors, tuning, firewall })
 }
 
 /// Writes `config` as sesame TOML; [`parse`] reads it back to an equal [`Config`].
@@ -85,6 +87,19 @@ pub fn to_toml(config: &Config) -> String {
         limits: (config.tuning != Tuning::default()).then_some(LimitsOut {
             memory_mib: config.tuning.memory_mib,
             log_lines_per_second: config.tuning.log_lines_per_second,
+        }),
+        firewall: (config.firewall != FirewallSettings::default()).then(|| {
+            let f = &config.firewall;
+            FirewallOut {
+                backend: f.backend.name(),
+                rate: f.rate,
+                burst: f.burst,
+                concurrency: f.concurrency,
+                command_timeout: f.command_timeout,
+                queue: f.queue,
+                state_dir: f.state_dir.to_string_lossy().into_owned(),
+                close_on_exit: f.close_on_exit,
+            }
         }),
     };
     toml::to_string(&file).expect("a Config always serialises to TOML")
@@ -116,6 +131,53 @@ struct FileToml {
     door: Vec<Spanned<DoorToml>>,
     capture: Option<CaptureToml>,
     limits: Option<LimitsToml>,
+    firewall: Option<FirewallToml>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FirewallToml {
+    backend: Option<Spanned<String>>,
+    rate: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    concurrency: Option<Spanned<i64>>,
+    command_timeout: Option<Spanned<i64>>,
+    queue: Option<Spanned<i64>>,
+    state_dir: Option<Spanned<String>>,
+    close_on_exit: Option<bool>,
+}
+
+fn firewall(f: FirewallToml) -> Result<FirewallSettings, (Span, Problem)> {
+    let mut s = FirewallSettings::default();
+    if let Some(b) = f.backend {
+        s.backend = BackendKind::parse(b.get_ref()).map_err(|p| (b.span(), p))?;
+    }
+    if let Some(v) = f.rate {
+        s.rate = bounded("rate", v, 1, 1_000_000)?;
+    }
+    if let Some(v) = f.burst {
+        s.burst = bounded("burst", v, 1, 1_000_000)?;
+    }
+    if let Some(v) = f.concurrency {
+        s.concurrency = bounded("concurrency", v, 1, 256)?;
+    }
+    if let Some(v) = f.command_timeout {
+        s.command_timeout = bounded("command_timeout", v, 1, 86_400)?;
+    }
+    if let Some(v) = f.queue {
+        s.queue = bounded("queue", v, 1, 1 << 24)?;
+    }
+    if let Some(dir) = f.state_dir {
+        if !Path::new(dir.get_ref()).is_absolute() {
+            let problem = Problem::Other(format!("state_dir '{}' must be an absolute path", dir.get_ref()));
+            return Err((dir.span(), problem));
+        }
+        s.state_dir = PathBuf::from(dir.into_inner());
+    }
+    if let Some(c) = f.close_on_exit {
+        s.close_on_exit = c;
+    }
+    Ok(s)
 }
 
 #[derive(Default, Deserialize)]
@@ -197,6 +259,8 @@ struct DoorToml {
     stop_command_6: Option<String>,
     cmd_timeout: Option<Spanned<i64>>,
     target: Option<Spanned<String>>,
+    open: Option<Spanned<List>>,
+    backend: Option<Spanned<String>>,
 }
 
 /// A list written either as a TOML array (each element spanned, so errors find its
@@ -297,6 +361,27 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
     door.start_command_6 = d.start_command_6;
     door.stop_command = d.stop_command;
     door.stop_command_6 = d.stop_command_6;
+    let mut firewall_span = table_span;
+    if let Some(open) = d.open {
+        firewall_span = open.span();
+        // Bare numbers are TCP ports, as in sequences.
+        let ports: Vec<String> = match open.into_inner() {
+            List::Text(text) => text.split(',').map(str::to_owned).collect(),
+            List::Items(items) => items
+                .iter()
+                .map(|i| match i.get_ref() {
+                    Item::Int(n) => n.to_string(),
+                    Item::Text(s) => s.clone(),
+                })
+                .collect(),
+        };
+        door.open = parse_open(ports.iter().map(String::as_str)).map_err(|p| (firewall_span.clone(), p))?;
+    }
+    if let Some(b) = d.backend {
+        door.backend = Some(BackendKind::parse(b.get_ref()).map_err(|p| (b.span(), p))?);
+        firewall_span = b.span();
+    }
+    door.check_backend().map_err(|p| (firewall_span, p))?;
     Ok(door)
 }
 
@@ -407,6 +492,20 @@ struct FileOut<'a> {
     capture: Option<CaptureOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limits: Option<LimitsOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    firewall: Option<FirewallOut>,
+}
+
+#[derive(Serialize)]
+struct FirewallOut {
+    backend: &'static str,
+    rate: u32,
+    burst: u32,
+    concurrency: u32,
+    command_timeout: u32,
+    queue: u32,
+    state_dir: String,
+    close_on_exit: bool,
 }
 
 #[derive(Serialize)]
@@ -466,6 +565,10 @@ struct DoorOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_command_6: Option<&'a str>,
     cmd_timeout: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    open: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'static str>,
 }
 
 fn door_out(door: &Door) -> DoorOut<'_> {
@@ -481,6 +584,8 @@ fn door_out(door: &Door) -> DoorOut<'_> {
         stop_command: door.stop_command.as_deref(),
         stop_command_6: door.stop_command_6.as_deref(),
         cmd_timeout: door.cmd_timeout,
+        open: door.open.iter().map(Port::to_string).collect(),
+        backend: door.backend.map(BackendKind::name),
     }
 }
 
@@ -535,6 +640,30 @@ mod tests {
             assert_eq!(e.line, 2, "{e}");
             assert!(e.to_string().contains(value), "{e}");
         }
+    }
+
+    #[test]
+    fn firewall_table_and_door_open_round_trip() {
+        let text = "[firewall]\nbackend = \"iptables\"\nrate = 50\nburst = 60\nconcurrency = 2\n\
+                    command_timeout = 5\nqueue = 100\nstate_dir = \"/tmp/s\"\nclose_on_exit = false\n\
+                    [[door]]\nname = \"ssh\"\nsequence = [1, 2, 3]\nopen = [\"22/tcp\", \"60001/udp\"]\n\
+                    backend = \"nftables\"\ncmd_timeout = 30\n";
+        let c = parse_str(text).unwrap();
+        assert_eq!(c.firewall.backend, BackendKind::Iptables);
+        assert_eq!((c.firewall.rate, c.firewall.burst, c.firewall.concurrency), (50, 60, 2));
+        assert_eq!((c.firewall.command_timeout, c.firewall.queue, c.firewall.close_on_exit), (5, 100, false));
+        assert_eq!(c.doors[0].open.len(), 2);
+        assert_eq!(c.doors[0].backend_in(&c.firewall), Some(BackendKind::Nftables));
+        assert_eq!(parse_str(&to_toml(&c)).unwrap(), Config { source: "test.toml".into(), ..c });
+        let e = parse_str("[firewall]\nrate = 0\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = parse_str("[firewall]\nbackend = \"pf\"\n").unwrap_err();
+        assert!(e.to_string().contains("'pf'"), "{e}");
+        let e = parse_str("[[door]]\nname = \"d\"\nsequence = [1]\n\nopen = [\"22/sctp\"]\n").unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let e = parse_str("[[door]]\nname = \"d\"\nsequence = [1]\nstart_command = \"x\"\nopen = [22]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]
@@ -594,6 +723,7 @@ mod tests {
             options: Options::default(),
             doors: vec![door],
             tuning: Tuning::default(),
+            firewall: Default::default(),
         };
         let back = parse(Path::new("x.toml"), &to_toml(&config)).unwrap();
         assert_eq!(back.doors, config.doors);

@@ -58,6 +58,12 @@ fn door_block(out: &mut String, door: &Door) {
     line(out, 2, "stop command", &command(&door.stop_command, None));
     line(out, 2, "stop command 6", &command(&door.stop_command_6, Some(&door.stop_command)));
     line(out, 2, "cmd_timeout", &format!("{}s", door.cmd_timeout));
+    if !door.open.is_empty() {
+        line(out, 2, "opens", &door.open.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(b) = door.backend {
+        line(out, 2, "backend", b.name());
+    }
 }
 
 /// `fallback` is the IPv4 command an IPv6 one falls back to when absent.

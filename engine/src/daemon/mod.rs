@@ -6,6 +6,7 @@
 //! and the main thread ([`supervisor`]) follows the interfaces, reloads ([`reload`])
 //! and reports.
 
+mod firewall;
 mod interfaces;
 mod limiter;
 mod reload;
@@ -15,6 +16,7 @@ mod sizing;
 mod supervisor;
 mod worker;
 
+pub use firewall::Firewall;
 pub use settings::Settings;
 pub use sizing::{RingSize, Sizing, SizingError};
 
@@ -27,10 +29,12 @@ use interfaces::{Interfaces, Kernel, State};
 use limiter::Limiter;
 use rings::RingFactory;
 use sesame_capture::ring::Ring;
-use sesame_firewall::{Executor, ShellRunner};
+use sesame_firewall::{Executor, ExecutorConfig, ShellRunner};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use supervisor::{total, Reported, Supervisor, WorkerHandle};
 use worker::{now_secs, Published, Worker, WorkerSink, CONTROL_QUEUE};
 
@@ -43,6 +47,9 @@ struct Prepared {
     doors: Arc<Doors>,
     sizing: Sizing,
     factory: RingFactory,
+    firewall: Arc<Firewall>,
+    /// Held for the daemon's life: one sesamed per grant journal.
+    state_lock: std::fs::File,
     /// Per worker: its matcher and its ring on each interface (slot, ring).
     workers: Vec<(Matcher, Vec<(usize, Ring)>)>,
 }
@@ -76,12 +83,45 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
             mine.push((slot, ring));
         }
     }
-    Ok(Prepared { config, interfaces, doors, sizing, factory, workers })
+    let state_lock = lock_state_dir(&s.state_dir(&config))?;
+    // Last, as it changes the firewall: sesame's table or chain, ports closed.
+    let firewall = Arc::new(Firewall::for_config(&config, None)?);
+    Ok(Prepared { config, interfaces, doors, sizing, factory, workers, firewall, state_lock })
+}
+
+/// Creates the grant journal's directory (readable by root only) and takes its lock,
+/// so that two daemons never share one journal.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the state directory {} is in use by another sesamed (its grant journal cannot be shared); \
+             give this one its own with --state-dir or [firewall] state_dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(s: Settings) -> anyhow::Result<()> {
-    let Prepared { config, interfaces, doors, sizing, factory, workers: prepared } = prepare(&s)?;
+    let Prepared { config, interfaces, doors, sizing, factory, workers: prepared, firewall, state_lock } =
+        prepare(&s)?;
 
     // knockd writes a pid file only when it daemonises.
     let pid_file = s.daemonize.then(|| {
@@ -101,6 +141,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         syslog: config.options.use_syslog,
         stdout: s.verbose,
         lookup: s.lookup,
+        ops: s.ops_log.clone(),
     };
     let (log, log_thread) = log::start(dest)?;
 
@@ -119,7 +160,27 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     for door in doors.disabled() {
         log.send(LogItem::Event(Event::DoorDisabled { door }));
     }
-    let executor = Executor::start(ShellRunner, log.sender());
+    let fw = &config.firewall;
+    let executor_config = ExecutorConfig {
+        rate: fw.rate,
+        burst: fw.burst,
+        concurrency: fw.concurrency as usize,
+        command_timeout: Duration::from_secs(u64::from(fw.command_timeout)),
+        queue: fw.queue as usize,
+        state_dir: Some(s.state_dir(&config)),
+        close_on_exit: fw.close_on_exit,
+    };
+    // Starting reconciles with the journal: grants that expired while sesamed was not
+    // running close now, live ones close at their time.
+    let executor =
+        match Executor::start(executor_config, ShellRunner, &|name| firewall.backend(name), log.sender()) {
+            Ok(e) => e,
+            Err(e) => {
+                log.text(format!("error: cannot start the firewall executor: {e}"));
+                log.flush();
+                return Err(e).context("starting the firewall executor");
+            }
+        };
 
     let mut workers = Vec::new();
     for (n, (matcher, rings)) in prepared.into_iter().enumerate() {
@@ -127,6 +188,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         let published = Arc::new(Published::default());
         let sink = WorkerSink {
             doors: doors.clone(),
+            firewall: firewall.clone(),
             log: log.clone(),
             executor: executor.handle(),
             limiter: Limiter::new(sizing.log_rate),
@@ -149,6 +211,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         interfaces,
         factory,
         doors,
+        firewall,
         reported: Reported::default(),
         failing,
     };
@@ -181,6 +244,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     if let Some(pid_file) = pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
+    drop(state_lock);
     result
 }
 

@@ -1,6 +1,7 @@
 //! SIGHUP: re-read the config and switch every worker to the new door table. A bad
 //! config is logged with its file, line and value, and the running one kept.
 
+use super::firewall::Firewall;
 use super::interfaces::{Interfaces, State};
 use super::supervisor::WorkerHandle;
 use super::worker::Control;
@@ -11,15 +12,16 @@ use crate::log::{Log, LogItem};
 use crate::matcher::Event;
 use std::sync::Arc;
 
-/// Returns the new door table, or `None` if the running one is kept.
+/// Returns the new door table and backends, or `None` if the running ones are kept.
 pub(crate) fn reload(
     s: &Settings,
     interfaces: &Interfaces,
+    firewall: &Firewall,
     workers: &[WorkerHandle],
     log: &Log,
-) -> Option<Arc<Doors>> {
+) -> Option<(Arc<Doors>, Arc<Firewall>)> {
     log.text(format!("re-reading config file: {}", s.config.display()));
-    let attempt = || -> anyhow::Result<(Config, Arc<Doors>)> {
+    let attempt = || -> anyhow::Result<(Config, Arc<Doors>, Arc<Firewall>)> {
         let config = Config::load(&s.config)?;
         let doors = Doors::new(&config)?;
         // Every interface's filter must build before any worker switches.
@@ -28,10 +30,12 @@ pub(crate) fn reload(
                 doors.filter_program(local, !s.ipv4_only, *link)?;
             }
         }
-        Ok((config, doors))
+        // Last: preparing the backends changes the firewall.
+        let firewall = Arc::new(Firewall::for_config(&config, Some(firewall))?);
+        Ok((config, doors, firewall))
     };
     match attempt() {
-        Ok((config, doors)) => {
+        Ok((config, doors, firewall)) => {
             if s.interfaces(&config) != interfaces.names() {
                 log.text("warning: the config names other interfaces; they take effect at the next start");
             }
@@ -40,9 +44,9 @@ pub(crate) fn reload(
             }
             for w in workers {
                 // Fails only for a worker that has stopped, which the supervisor notices.
-                let _ = w.control.send(Control::Reload(doors.clone()));
+                let _ = w.control.send(Control::Reload(doors.clone(), firewall.clone()));
             }
-            Some(doors)
+            Some((doors, firewall))
         }
         Err(e) => {
             log.text(format!("error: {e:#}; keeping the running configuration"));

@@ -19,9 +19,18 @@ pub struct Settings {
     pub workers: Option<u32>,
     /// `--memory-mib`: overrides the config.
     pub memory_mib: Option<u32>,
+    /// `--state-dir`: where the grant journal lives; overrides `[firewall] state_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--ops-log`: where to write one line per firewall operation.
+    pub ops_log: Option<PathBuf>,
 }
 
 impl Settings {
+    /// The grant journal's directory: `--state-dir`, else the config's.
+    pub fn state_dir(&self, config: &Config) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| config.firewall.state_dir.clone())
+    }
+
     /// The interfaces to listen on: `-i`, else the config's `Interface`, else knockd's
     /// default, eth0.
     pub fn interfaces(&self, config: &Config) -> Vec<String> {

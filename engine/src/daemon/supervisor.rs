@@ -7,6 +7,7 @@
 //! again, it opens new rings (same filter, a new fanout group) and hands one to each
 //! worker. Address changes reach the workers' matchers and kernel filters at once.
 
+use super::firewall::Firewall;
 use super::interfaces::{Change, Interfaces, Kernel, State};
 use super::reload::reload;
 use super::rings::RingFactory;
@@ -82,6 +83,8 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) factory: RingFactory,
     /// The door table the workers run now: reopened rings get its filter.
     pub(crate) doors: Arc<Doors>,
+    /// The backends the doors use now: a reload prepares them anew.
+    pub(crate) firewall: Arc<Firewall>,
     pub(crate) reported: Reported,
     /// Per interface slot: its rings could not be opened at the last try (said once).
     pub(crate) failing: Vec<bool>,
@@ -125,8 +128,11 @@ impl Supervisor<'_> {
                 return Ok(());
             }
             if hup.swap(false, Ordering::Relaxed) {
-                if let Some(doors) = reload(self.settings, &self.interfaces, self.workers, self.log) {
+                if let Some((doors, firewall)) =
+                    reload(self.settings, &self.interfaces, &self.firewall, self.workers, self.log)
+                {
                     self.doors = doors;
+                    self.firewall = firewall;
                 }
             }
             if changes.any() || resynced.is_none_or(|t| t.elapsed() >= RESYNC_EVERY) {

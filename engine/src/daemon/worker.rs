@@ -3,6 +3,7 @@
 //! lock and no shared write on the packet path; successes go to the executor and log
 //! lines to the log thread, so neither a slow command nor a slow disk holds it up.
 
+use super::firewall::Firewall;
 use super::limiter::Limiter;
 use crate::doors::Doors;
 use crate::log::{Log, LogItem};
@@ -20,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// ([`CONTROL_QUEUE`]); the supervisor waits when it is full, which only a stuck
 /// worker causes, and the supervisor notices a dead one.
 pub(crate) enum Control {
-    /// A new door table (SIGHUP).
-    Reload(Arc<Doors>),
+    /// A new door table and the backends its doors use (SIGHUP).
+    Reload(Arc<Doors>, Arc<Firewall>),
     /// The interface in `slot` is there (again): capture on `ring` from now on.
     Attach { slot: usize, ring: Ring, local: Vec<IpAddr> },
     /// The interface in `slot` is gone: its ring is dead.
@@ -53,8 +54,9 @@ pub(crate) fn now_secs() -> Secs {
 
 /// Where a worker's matcher events go.
 pub(crate) struct WorkerSink {
-    /// The doors the matcher matches against now: an opening's commands come from here.
+    /// The doors the matcher matches against now: what an opening runs comes from here.
     pub(crate) doors: Arc<Doors>,
+    pub(crate) firewall: Arc<Firewall>,
     pub(crate) log: Log,
     pub(crate) executor: ExecutorHandle,
     pub(crate) limiter: Limiter,
@@ -68,12 +70,13 @@ impl Sink for WorkerSink {
             Event::Open { src, door } => {
                 // Never rate-limited: OPEN SESAME and the commands always reach the log.
                 self.log.send(LogItem::Event(event));
-                let Some(d) = self.doors.get(door) else { return };
-                self.executor.open(GrantRequest {
+                let Some((d, kind)) = self.doors.get(door) else { return };
+                let Some(action) = self.firewall.action(d, kind, src) else { return };
+                // A refusal (queue full) is reported and counted by the executor.
+                let _ = self.executor.open(GrantRequest {
                     door_name: d.name.clone(),
                     ip: src,
-                    start: d.start_command_for(src).map(str::to_owned),
-                    stop: d.stop_command_for(src).map(str::to_owned),
+                    action,
                     timeout: Duration::from_secs(u64::from(d.cmd_timeout)),
                 });
             }
@@ -179,11 +182,12 @@ impl Worker {
     /// Returns whether the rings' filters need rebuilding.
     fn apply(&mut self, c: Control) -> bool {
         match c {
-            Control::Reload(doors) => {
+            Control::Reload(doors, firewall) => {
                 // Knocks in progress at doors the reload left alone go on (knockd drops
                 // them all); the table is reused, not allocated again.
                 self.matcher.reload(doors.clone());
                 self.sink.doors = doors;
+                self.sink.firewall = firewall;
                 true
             }
             Control::Attach { slot, ring, local } => {

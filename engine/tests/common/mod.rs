@@ -60,6 +60,8 @@ impl Daemon {
         cmd.args(args)
             .arg("-c")
             .arg(conf)
+            .arg("--state-dir")
+            .arg(log.with_extension("state"))
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).expect("stdout file"))
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
