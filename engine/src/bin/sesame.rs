@@ -5,7 +5,8 @@
 
 use clap::{Parser, Subcommand};
 use sesame_engine::client::{self, Family, KnockPlan};
-use sesame_engine::config::{native, Config};
+use sesame_engine::config::{native, BackendKind, Config};
+use sesame_engine::daemon;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +47,26 @@ enum Command {
     Check { file: PathBuf },
     /// Print a knockd.conf as sesame's native TOML.
     Convert { file: PathBuf },
+    /// sesame's own firewall structures (nftables table, iptables chain, ufw rules).
+    Firewall {
+        #[command(subcommand)]
+        action: FirewallCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FirewallCommand {
+    /// List the grants open now: door and address.
+    List {
+        /// nftables, iptables or ufw
+        backend: String,
+    },
+    /// Remove sesame's table or chain (and with it every grant): with the nftables
+    /// backend the protected ports stay closed after sesamed stops until this runs.
+    Remove {
+        /// nftables, iptables or ufw
+        backend: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +104,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Convert { file } => {
             let config = Config::load(&file)?;
             print!("{}", native::to_toml(&config));
+            Ok(())
+        }
+        Command::Firewall { action } => {
+            let kind = |name: &str| BackendKind::parse(name).map_err(|p| anyhow::anyhow!("{p}"));
+            match action {
+                FirewallCommand::List { backend } => {
+                    for (door, addr) in daemon::list_grants(kind(&backend)?)? {
+                        println!("{door}\t{addr}");
+                    }
+                }
+                FirewallCommand::Remove { backend } => daemon::remove_firewall(kind(&backend)?)?,
+            }
             Ok(())
         }
     }

@@ -28,6 +28,22 @@ fn build(kind: BackendKind) -> Option<Arc<dyn Backend>> {
     })
 }
 
+/// `sesame firewall remove BACKEND`: takes sesame's table or chain away on purpose
+/// (with the nftables backend the protected ports stay closed until this is run).
+pub fn remove(kind: BackendKind) -> anyhow::Result<()> {
+    let Some(b) = build(kind) else { anyhow::bail!("the command backend installs nothing to remove") };
+    b.remove().with_context(|| format!("removing what sesame installed in {}", kind.name()))?;
+    Ok(())
+}
+
+/// `sesame firewall list BACKEND`: the (door, address) grants open in it now.
+pub fn list(kind: BackendKind) -> anyhow::Result<Vec<(String, IpAddr)>> {
+    let Some(b) = build(kind) else {
+        anyhow::bail!("the command backend keeps no list: see the grant journal")
+    };
+    Ok(b.present()?)
+}
+
 impl Firewall {
     /// Builds and checks the backends `config`'s doors use, and prepares each for its
     /// doors (sesame's table or chain, keeping grants still open from before).

@@ -16,7 +16,7 @@ mod sizing;
 mod supervisor;
 mod worker;
 
-pub use firewall::Firewall;
+pub use firewall::{list as list_grants, remove as remove_firewall, Firewall};
 pub use settings::Settings;
 pub use sizing::{RingSize, Sizing, SizingError};
 
