@@ -319,3 +319,107 @@ fn a_hung_command_is_killed_and_does_not_hold_up_another_door() {
         daemon.log()
     );
 }
+
+/// sesamed inside `jail` (so its `ufw` is the jail's), writing its stderr to `stderr`.
+fn spawn_in_jail(jail: &UfwJail, conf: &Path, state: &Path, stderr: &Path) -> sesame_lab::ChildGuard {
+    let prefix = jail.prefix();
+    let mut cmd = std::process::Command::new(&prefix[0]);
+    cmd.args(&prefix[1..]).arg(SESAMED).arg("-c").arg(conf).arg("--state-dir").arg(state);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(stderr).unwrap());
+    sesame_lab::ChildGuard::spawn(&mut cmd).unwrap()
+}
+
+#[test]
+fn ufw_grants_are_reconciled_after_kill_9() {
+    if !require_root("ufw_grants_are_reconciled_after_kill_9") {
+        return;
+    }
+    let lab = Lab::new("fuk").unwrap();
+    let dir = TempDir::new("fuk").unwrap();
+    let jail = UfwJail::new(&lab.server).unwrap();
+    jail.ufw(&["default", "deny", "incoming"]).unwrap();
+    jail.ufw(&["--force", "enable"]).unwrap();
+    jail.ufw(&["allow", "9/udp"]).unwrap();
+    jail.ufw(&["delete", "allow", "9/udp"]).unwrap();
+    let (conf, log, state) = (dir.join("s.toml"), dir.join("s.log"), dir.join("state"));
+    // Another port: ufw holds one rule per address and port, whatever its comment.
+    let long = "[[door]]\nname = \"long\"\nsequence = [\"7100\", \"7200\"]\nseq_timeout = 5\n\
+                tcp_flags = [\"syn\"]\nopen = [\"2222/tcp\"]\ncmd_timeout = 14\n";
+    // ufw takes about half a second a call: `ssh` lasts 5 s, long enough to see both
+    // grants open before the kill, and expires while sesamed is dead.
+    std::fs::write(&conf, config(&lab, &log, "ufw", 5, long)).unwrap();
+    let client = lab.client_v4.to_string();
+    let count = |door: &str| {
+        let status = jail.ufw(&["status"]).unwrap();
+        status.lines().filter(|l| l.contains(&client) && l.contains(&format!("door={door}"))).count()
+    };
+    let first = spawn_in_jail(&jail, &conf, &state, &dir.join("1.stderr"));
+    assert!(wait_until(START, || read(&log).contains("starting up")), "{}", read(&dir.join("1.stderr")));
+    knock(&lab.client, server(&lab), &["7000", "8000", "9000"]);
+    knock(&lab.client, server(&lab), &["7100", "7200"]);
+    let knocked = Instant::now();
+    let both = wait_until(Duration::from_secs(8), || count("ssh") == 1 && count("long") == 1);
+    assert!(both, "{}\n{}\n{}", jail.ufw(&["status"]).unwrap(), read(&log), read(&dir.join("1.stderr")));
+    first.signal("KILL").unwrap();
+    drop(first);
+    std::thread::sleep((knocked + Duration::from_secs(6)).saturating_duration_since(Instant::now()));
+    assert_eq!(count("ssh"), 1, "nobody closed it while sesamed was dead");
+    let before = read(&log).matches("starting up").count();
+    let _second = spawn_in_jail(&jail, &conf, &state, &dir.join("2.stderr"));
+    assert!(wait_until(START, || read(&log).matches("starting up").count() > before));
+    let started = Instant::now();
+    // ufw takes about half a second per call, and the check itself calls it.
+    assert!(wait_until(Duration::from_secs(5), || count("ssh") == 0), "{}", jail.ufw(&["status"]).unwrap());
+    let closed_after = started.elapsed();
+    eprintln!("ufw: the expired grant was gone {closed_after:?} after the restart's `starting up`");
+    let mut worst = 0;
+    while count("long") > 0 {
+        worst = worst.max(count("long"));
+        assert!(knocked.elapsed() < Duration::from_secs(25), "the long grant never closed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lasted = knocked.elapsed();
+    eprintln!("ufw: the live grant closed {lasted:?} after the knock (cmd_timeout 14 s)");
+    assert!(worst <= 1, "a rule was present twice");
+    assert!(lasted >= Duration::from_secs(13) && lasted <= Duration::from_secs(19), "{lasted:?}");
+    // Measured from the outside, with ufw's own half-second calls in between.
+    assert!(closed_after <= Duration::from_secs(2), "{closed_after:?}");
+}
+
+#[test]
+fn a_missing_or_inactive_firewall_is_a_start_up_error_naming_door_and_backend() {
+    if !require_root("a_missing_or_inactive_firewall_is_a_start_up_error_naming_door_and_backend") {
+        return;
+    }
+    let lab = Lab::new("fms").unwrap();
+    let dir = TempDir::new("fms").unwrap();
+    let (conf, log) = (dir.join("s.toml"), dir.join("s.log"));
+    // iptables that cannot be found.
+    std::fs::write(&conf, config(&lab, &log, "iptables", 3, "")).unwrap();
+    let out = lab
+        .server
+        .command("/usr/bin/env")
+        .arg("PATH=/nonexistent")
+        .arg(SESAMED)
+        .arg("-c")
+        .arg(&conf)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("door ssh: cannot use backend iptables"), "{err}");
+    assert!(err.contains("`iptables` not found"), "{err}");
+    assert!(!read(&log).contains("starting up"), "nothing may start: {}", read(&log));
+    // ufw installed but not enabled (in a jail, so the host's ufw is not asked).
+    let jail = UfwJail::new(&lab.server).unwrap();
+    std::fs::write(&conf, config(&lab, &log, "ufw", 3, "")).unwrap();
+    let stderr = dir.join("ufw.stderr");
+    let mut child = spawn_in_jail(&jail, &conf, &dir.join("state2"), &stderr);
+    let status = child.wait_timeout(Duration::from_secs(20)).unwrap().expect("sesamed exits");
+    let err = read(&stderr);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("door ssh: cannot use backend ufw") && err.contains("inactive"), "{err}");
+}
