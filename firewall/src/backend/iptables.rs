@@ -35,21 +35,7 @@ const WAIT: [&str; 2] = ["-w", "10"];
 /// The rule that sends input traffic through the chain.
 const JUMP_LINE: &str = "-A INPUT -j SESAME";
 
-/// IPv4 or IPv6: which of the two programs a command goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-}
+pub use super::Family;
 
 /// One grant rule as read back from the chain: `door` opens `port` for `addr` until
 /// `expires` (seconds since the epoch).

@@ -121,21 +121,9 @@ const COMMENT_PREFIX: &str = "door ";
 /// never occurs in a whole escaped name.
 const CUT_MARK: &str = "%..";
 
-/// The address family of a door's set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    V4,
-    V6,
-}
+pub use super::Family;
 
 impl Family {
-    pub fn of(addr: IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
     fn set_prefix(self) -> &'static str {
         match self {
             Family::V4 => "d4_",
