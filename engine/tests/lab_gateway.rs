@@ -574,6 +574,7 @@ fn interface_that_disappears_costs_no_cpu_and_is_captured_again() {
     assert!(daemon.child.is_running(), "sesamed exited while {sif} was gone");
     let usage = format!("while {sif} was gone sesamed used {cpu:.2} s of CPU in {wall:.2} s");
     assert!(logged, "no {gone:?} within 5 s of the deletion ({usage})");
+    eprintln!("{usage}");
     assert!(cpu < 0.05 * wall, "{usage}: more than 5% of one core");
     assert_eq!(daemon.count_messages(&gone), 1, "exactly one {gone:?}");
 
@@ -599,6 +600,7 @@ fn interface_that_disappears_costs_no_cpu_and_is_captured_again() {
         "no open within 5 s of re-creating {sif} ({:.1} s so far)",
         back_at.elapsed().as_secs_f64()
     );
+    eprintln!("a knock opened {:?} after {sif} was re-created", back_at.elapsed());
     let back = format!("interface {sif} is back; capturing again");
     assert!(wait_until(Duration::from_secs(2), || daemon.has_message(&back)), "no {back:?}");
     assert_eq!(daemon.count_messages(&gone), 1, "still exactly one {gone:?}");
@@ -616,6 +618,7 @@ fn interface_that_disappears_costs_no_cpu_and_is_captured_again() {
         || has_line(&out, &format!("fresh {}", lab.client_v4)),
     );
     assert!(opened, "no open for a knock to {new} within 2 s of adding it to {sif}");
+    eprintln!("a knock to {new} opened {:?} after the address was added", added_at.elapsed());
     let prefix = format!("interface {sif}: addresses now ");
     // Comma-separated; an address may carry its prefix length.
     let listed = |m: &String| {
