@@ -197,6 +197,8 @@ pub enum Report {
     Operation {
         door_name: String,
         ip: IpAddr,
+        /// The backend's name, `command` for knockd's commands.
+        backend: &'static str,
         op: OpKind,
         started: SystemTime,
         finished: SystemTime,
@@ -221,6 +223,8 @@ pub(crate) struct Counters {
     pub open_grants: AtomicU64,
     pub reports_dropped: AtomicU64,
     pub journal_errors: AtomicU64,
+    /// Set when the scheduler thread ends, however it ends.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The executor's counters at one moment, for metrics.
@@ -245,6 +249,8 @@ pub struct Stats {
     pub reports_dropped: u64,
     /// Journal records that could not be queued.
     pub journal_errors: u64,
+    /// Whether the scheduler thread still runs (it stops only at shutdown, or by a panic).
+    pub alive: bool,
 }
 
 impl Counters {
@@ -261,6 +267,7 @@ impl Counters {
             open_grants: self.open_grants.load(Relaxed),
             reports_dropped: self.reports_dropped.load(Relaxed),
             journal_errors: self.journal_errors.load(Relaxed),
+            alive: !self.stopped.load(Relaxed),
         }
     }
 }
@@ -554,6 +561,14 @@ struct Looper<R, T> {
 
 impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
     fn run(mut self) {
+        /// Marks the executor stopped when the thread ends, also by a panic.
+        struct Stopped(Arc<Counters>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                self.0.stopped.store(true, Relaxed);
+            }
+        }
+        let _stopped = Stopped(self.counters.clone());
         let mut shutting_down = false;
         loop {
             self.scheduler.tick(Now::real());

@@ -206,6 +206,16 @@ enum What {
     Backend(&'static str),
 }
 
+impl What {
+    /// The backend's name for reports and metrics: `command` for knockd's commands.
+    fn backend(&self) -> &'static str {
+        match self {
+            What::Backend(b) => b,
+            What::Command(_) => "command",
+        }
+    }
+}
+
 /// What a pool thread runs.
 pub(crate) enum Task {
     Command(String),
@@ -583,15 +593,13 @@ impl Scheduler {
             self.running -= 1;
             self.counters.timed_out.fetch_add(1, Relaxed);
             let (door_name, ip, op, started) = (f.door_name.clone(), f.ip, f.op, f.started);
-            let backend = match f.what {
-                What::Backend(b) => b,
-                What::Command(_) => "command",
-            };
+            let backend = f.what.backend();
             let after = self.limits.command_timeout;
             self.report(Report::BackendTimedOut { door_name: door_name.clone(), ip, backend, op, after });
             self.report(Report::Operation {
                 door_name,
                 ip,
+                backend,
                 op,
                 started,
                 finished: now.wall,
@@ -751,6 +759,7 @@ impl Scheduler {
             self.report(Report::Operation {
                 door_name: f.door_name.clone(),
                 ip: f.ip,
+                backend: f.what.backend(),
                 op: f.op,
                 started: f.started,
                 finished: now.wall,
