@@ -61,7 +61,7 @@ pub fn event_message(event: &Event, door_name: &str, host: Option<&str>) -> Mess
 }
 
 /// knockd's text for an executor report; `None` for reports that are records, not
-/// log lines (per-operation timings).
+/// log lines (per-operation timings, grant counts for metrics).
 pub fn report_message(report: &Report, host: Option<&str>) -> Option<Message> {
     let plain = |text: String| Some(Message::plain(text));
     match report {
@@ -131,7 +131,7 @@ pub fn report_message(report: &Report, host: Option<&str>) -> Option<Message> {
             who(*ip, host)
         )),
         Report::JournalFailed { error } => plain(format!("error: grant journal: {error}")),
-        Report::Operation { .. } => None,
+        Report::Operation { .. } | Report::Opened { .. } | Report::GrantOpen { .. } => None,
     }
 }
 
@@ -439,7 +439,9 @@ fn report_ip(r: &Report) -> Option<IpAddr> {
         | Report::Failed { .. }
         | Report::SpawnFailed { .. }
         | Report::CommandTimedOut { .. }
-        | Report::JournalFailed { .. } => None,
+        | Report::JournalFailed { .. }
+        | Report::Opened { .. }
+        | Report::GrantOpen { .. } => None,
     }
 }
 

@@ -83,15 +83,18 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
     let lab = Lab::new("mtr").unwrap();
     let dir = TempDir::new("mtr").unwrap();
     let out = dir.join("out");
+    let grants = dir.join("grants");
     let log = dir.join("sesamed.log");
     let conf = dir.join("knockd.conf");
     std::fs::write(
         &conf,
         format!(
             "[options]\nLogFile = {}\n\n[open]\nsequence = 7000,8000,9000\nseq_timeout = 2\ntcpflags = syn\n\
-             command = echo open %IP% >> {}\n",
+             command = echo open %IP% >> {}\n\n[grant]\nsequence = 6000,6001\nseq_timeout = 2\ntcpflags = syn\n\
+             start_command = echo start %IP% >> {g}\nstop_command = echo stop %IP% >> {g}\ncmd_timeout = 4\n",
             log.display(),
-            out.display()
+            out.display(),
+            g = grants.display()
         ),
     )
     .unwrap();
@@ -137,6 +140,14 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         prom_diag()
     );
 
+    // Prometheus applies new targets a few seconds after it starts: wait for its first
+    // scrape, so that a gauge's short-lived value is seen.
+    assert!(
+        wait_until(Duration::from_secs(30), || scalar(&lab.server, "up{job=\"sesame\"}") == Some(1.0)),
+        "prometheus did not scrape sesamed: {}",
+        prom_diag()
+    );
+
     // Correct knocks, each seen through: over IPv4, IPv4 again, and IPv6.
     let server = [IpAddr::V4(lab.server_v4), IpAddr::V4(lab.server_v4), IpAddr::V6(lab.server_v6)];
     for (n, dst) in server.iter().enumerate() {
@@ -149,6 +160,22 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         );
     }
     let correct = server.len() as f64;
+    // A door with a grant: open for 4 s, then closed by its stop command.
+    knock(&lab.client, IpAddr::V4(lab.server_v4), &["6000", "6001"]);
+    assert!(wait_until(OPEN, || !read(&grants).is_empty()), "the grant door did not open");
+    let grant = "door=\"grant\"";
+    let open_now = format!("sesame_grants_open{{{grant}}}");
+    assert!(
+        wait_until(Duration::from_secs(10), || scalar(&lab.server, &open_now) == Some(1.0)),
+        "{open_now} never showed 1: {:?}\n{}",
+        scalar(&lab.server, &open_now),
+        curl(&lab.server, &[&format!("http://{METRICS}/metrics")]).unwrap_or_default()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&grants).contains("stop")),
+        "the grant did not close"
+    );
+
     // Wrong knocks: a port of the sequence out of turn breaks the attempt (twice), and
     // one first knock alone runs out its 2 s.
     let wrong_port = 2.0;
@@ -167,8 +194,18 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         // 3 per correct sequence, 1 for each wrong one's first knock (then broken or left).
         (format!("sesame_knock_stages_total{{{door}}}"), 3.0 * correct + 3.0),
         (format!("sesame_grants_total{{{door},result=\"opened\"}}"), correct),
-        ("sesame_firewall_operations_total{backend=\"command\",op=\"open\",result=\"ok\"}".into(), correct),
-        ("sesame_knock_to_open_seconds_count".into(), correct),
+        (format!("sesame_sequences_completed_total{{{grant}}}"), 1.0),
+        (format!("sesame_knock_stages_total{{{grant}}}"), 2.0),
+        (format!("sesame_grants_total{{{grant},result=\"opened\"}}"), 1.0),
+        (format!("sesame_grants_open{{{grant}}}"), 0.0),
+        (format!("max_over_time(sesame_grants_open{{{grant}}}[5m])"), 1.0),
+        (
+            "sesame_firewall_operations_total{backend=\"command\",op=\"open\",result=\"ok\"}".into(),
+            correct + 1.0,
+        ),
+        ("sesame_firewall_operations_total{backend=\"command\",op=\"close\",result=\"ok\"}".into(), 1.0),
+        ("sesame_firewall_operation_duration_seconds_count{backend=\"command\"}".into(), correct + 2.0),
+        ("sesame_knock_to_open_seconds_count".into(), correct + 1.0),
         ("sesame_firewall_queue_depth".into(), 0.0),
         ("sesame_tracker_used".into(), 0.0),
         ("sesame_config_reloads_total{result=\"ok\"}".into(), 0.0),
@@ -210,6 +247,31 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         "promtool check metrics: {}{}\n{text}",
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
+    );
+
+    // A reload is counted, and the per-door counters carry over it.
+    daemon.child.signal("HUP").unwrap();
+    let reloaded = wait_until(Duration::from_secs(15), || {
+        scalar(&lab.server, "sesame_config_reloads_total{result=\"ok\"}") == Some(1.0)
+            && scalar(&lab.server, "sesame_sequences_completed_total{door=\"open\"}") == Some(correct)
+            && scalar(&lab.server, "resets(sesame_sequences_completed_total{door=\"open\"}[5m])") == Some(0.0)
+    });
+    assert!(
+        reloaded,
+        "the reload was not counted, or the counters did not survive it\n{}",
+        daemon.diagnostics()
+    );
+
+    // A second daemon cannot have the same address: it fails at start, naming the flag.
+    let log2 = dir.join("second.log");
+    let mut second =
+        Daemon::spawn(&lab.server, &["-i", &lab.server_if, "--metrics-listen", METRICS], &conf, &log2);
+    let status = second.child.wait_timeout(START).unwrap().expect("the second sesamed exits");
+    let stderr = read(&second.stderr);
+    assert!(!status.success(), "the second sesamed started: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {METRICS} (--metrics-listen or [metrics] listen)")),
+        "{stderr}"
     );
 
     let status = daemon.stop();

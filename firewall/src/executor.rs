@@ -204,6 +204,20 @@ pub enum Report {
         finished: SystemTime,
         result: OpResult,
     },
+    /// For metrics: a knock took effect (its grant opened, or its knockd command ran).
+    /// A refresh of an open grant is not one.
+    Opened { door_name: String },
+    /// For metrics: a grant of this door became open (`true`) or closed (`false`),
+    /// counting grants re-armed from the journal at start.
+    GrantOpen { door_name: String, open: bool },
+}
+
+impl Report {
+    /// Reports that are records for metrics or `--ops-log`, not log lines; the executor
+    /// offers them without ever waiting for the log.
+    pub fn is_record(&self) -> bool {
+        matches!(self, Report::Operation { .. } | Report::Opened { .. } | Report::GrantOpen { .. })
+    }
 }
 
 /// Counters the executor's threads keep; [`Stats`] is their snapshot.
@@ -611,7 +625,7 @@ impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
                             self.scheduler.done(id, result, Now::real());
                         }
                     }
-                    Effect::Report(r @ Report::Operation { .. }) => (self.offer)(r),
+                    Effect::Report(r) if r.is_record() => (self.offer)(r),
                     Effect::Report(r) => {
                         let _ = self.reports.send(r.into());
                     }
@@ -692,11 +706,11 @@ mod tests {
         }
     }
 
-    /// The next report that is not an `Operation` record.
+    /// The next report that is not a record ([`Report::is_record`]).
     fn next(rx: &Receiver<Report>) -> Report {
         loop {
             match rx.recv_timeout(WAIT).expect("a report in time") {
-                Report::Operation { .. } => {}
+                r if r.is_record() => {}
                 r => return r,
             }
         }
@@ -743,7 +757,7 @@ mod tests {
         assert!(reports.contains(&Report::Running { door_name: "ssh".into(), command: "open".into() }));
         assert!(reports.iter().any(|r| matches!(r, Report::Extended { secs: 60, .. })), "{reports:?}");
         ex.shutdown();
-        let rest: Vec<Report> = rx.try_iter().filter(|r| !matches!(r, Report::Operation { .. })).collect();
+        let rest: Vec<Report> = rx.try_iter().filter(|r| !r.is_record()).collect();
         assert_eq!(
             rest,
             [
@@ -763,7 +777,7 @@ mod tests {
         wait_for(|| ex.stats().failed == 1);
         let stats = ex.stats();
         ex.shutdown();
-        let all: Vec<Report> = rx.try_iter().filter(|r| !matches!(r, Report::Operation { .. })).collect();
+        let all: Vec<Report> = rx.try_iter().filter(|r| !r.is_record()).collect();
         assert_eq!(
             all,
             [

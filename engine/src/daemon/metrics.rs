@@ -95,16 +95,14 @@ impl FirewallSeries {
                 let i = OP_BOUNDS.iter().position(|&b| secs <= b).unwrap_or(OP_BOUNDS.len());
                 h.buckets[i] += 1;
                 h.sum += secs;
-                if *result == OpResult::Ok {
-                    let g = grant(&mut f, door_name);
-                    match op {
-                        OpKind::Open => {
-                            g.opened += 1;
-                            g.open += 1;
-                        }
-                        OpKind::Close => g.open = g.open.saturating_sub(1),
-                    }
-                }
+                // Named here so that the door shows up with its first operation.
+                grant(&mut f, door_name);
+            }
+            Report::Opened { door_name } => grant(&mut f, door_name).opened += 1,
+            Report::GrantOpen { door_name, open: true } => grant(&mut f, door_name).open += 1,
+            Report::GrantOpen { door_name, open: false } => {
+                let g = grant(&mut f, door_name);
+                g.open = g.open.saturating_sub(1);
             }
             Report::Extended { door_name, .. } => grant(&mut f, door_name).extended += 1,
             Report::Refused { door_name, .. } => grant(&mut f, door_name).refused += 1,
@@ -253,7 +251,7 @@ impl Sources {
             t.family(
                 "sesame_grants_open",
                 "gauge",
-                "Grants open now, per door (opens minus closes that succeeded).",
+                "Grants open now, per door (knockd command doors without a stop have none).",
             );
             for d in &grant_doors {
                 t.sample("sesame_grants_open", &[("door", d)], g(d).open);
@@ -664,6 +662,10 @@ mod tests {
             finished: t0 + Duration::from_millis(20),
             result: OpResult::Ok,
         });
+        s.firewall.on_report(&Report::Opened { door_name: "ssh \"x\"".into() });
+        for open in [true, true, false] {
+            s.firewall.on_report(&Report::GrantOpen { door_name: "ssh \"x\"".into(), open });
+        }
         let text = s.render();
         for line in [
             "sesame_capture_packets_total{interface=\"eth0\"} 7",
