@@ -2,7 +2,8 @@
 //! `/healthz` in a lab namespace, a Prometheus in the same namespace scrapes it every
 //! second, and its HTTP API must then show every series sesame documents, with the
 //! sequences completed equal to the correct knocks sent and those failed equal to the
-//! wrong ones (by reason). `promtool check metrics` must accept a scrape.
+//! wrong ones (by reason). `promtool check metrics` must accept a scrape, and the alert
+//! rules in `grafana/sesame-alerts.yml` must load and evaluate cleanly.
 //!
 //! Needs `prometheus` (with `promtool`) and `curl` (`scripts/quickstart test` installs
 //! them). Namespaces, addresses (198.18.0.0/15, 2001:db8::/32) and processes are the
@@ -13,11 +14,13 @@ mod common;
 use common::*;
 use sesame_lab::{wait_until, ChildGuard, Lab, Netns, TempDir};
 use std::net::IpAddr;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const METRICS: &str = "127.0.0.1:9105";
 const PROMETHEUS: &str = "127.0.0.1:9190";
+/// The alert rules shipped with sesame, loaded into the test's Prometheus.
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/sesame-alerts.yml");
 
 /// Every series of the issue, as Prometheus stores them (histograms by their `_count`).
 const SERIES: &[&str] = &[
@@ -103,8 +106,8 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
     std::fs::write(
         &prom_conf,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: sesame\n    \
-             static_configs:\n      - targets: ['{METRICS}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {RULES}\n\
+             scrape_configs:\n  - job_name: sesame\n    static_configs:\n      - targets: ['{METRICS}']\n"
         ),
     )
     .unwrap();
@@ -248,6 +251,25 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+
+    // The shipped alert rules: valid, evaluated without error, none firing here, and
+    // naming only series sesamed has.
+    let check = Command::new("promtool").args(["check", "rules", RULES]).output().expect("run promtool");
+    assert!(check.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&check.stdout));
+    let rules_text = std::fs::read_to_string(RULES).unwrap();
+    for word in rules_text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        let name = word.trim_end_matches("_bucket");
+        if name.starts_with("sesame_") {
+            assert!(text.contains(&format!("\n{name}")), "the rules name {name}, which /metrics lacks");
+        }
+    }
+    let evaluated = wait_until(Duration::from_secs(10), || {
+        curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/rules")])
+            .is_some_and(|r| r.matches("\"health\":\"ok\"").count() == 8)
+    });
+    let rules = curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/rules")]).unwrap_or_default();
+    assert!(evaluated, "not every rule evaluated cleanly: {rules}");
+    assert_eq!(query(&lab.server, "ALERTS").unwrap_or_default(), [] as [f64; 0], "alerts fire: {rules}");
 
     // A reload is counted, and the per-door counters carry over it.
     daemon.child.signal("HUP").unwrap();
