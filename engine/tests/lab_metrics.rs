@@ -3,7 +3,8 @@
 //! second, and its HTTP API must then show every series sesame documents, with the
 //! sequences completed equal to the correct knocks sent and those failed equal to the
 //! wrong ones (by reason). `promtool check metrics` must accept a scrape, and the alert
-//! rules in `grafana/sesame-alerts.yml` must load and evaluate cleanly.
+//! rules in `grafana/sesame-alerts.yml` must load and evaluate cleanly, and every query
+//! of `grafana/sesame-dashboard.json` must return data.
 //!
 //! Needs `prometheus` (with `promtool`) and `curl` (`scripts/quickstart test` installs
 //! them). Namespaces, addresses (198.18.0.0/15, 2001:db8::/32) and processes are the
@@ -21,6 +22,8 @@ const METRICS: &str = "127.0.0.1:9105";
 const PROMETHEUS: &str = "127.0.0.1:9190";
 /// The alert rules shipped with sesame, loaded into the test's Prometheus.
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/sesame-alerts.yml");
+/// The Grafana dashboard shipped with sesame: each of its queries must work.
+const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../grafana/sesame-dashboard.json");
 
 /// Every series of the issue, as Prometheus stores them (histograms by their `_count`).
 const SERIES: &[&str] = &[
@@ -270,6 +273,30 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
     let rules = curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/rules")]).unwrap_or_default();
     assert!(evaluated, "not every rule evaluated cleanly: {rules}");
     assert_eq!(query(&lab.server, "ALERTS").unwrap_or_default(), [] as [f64; 0], "alerts fire: {rules}");
+
+    // The dashboard's queries (Grafana's interval variables made concrete) all return data.
+    let dashboard = std::fs::read_to_string(DASHBOARD).unwrap();
+    let exprs: Vec<String> = dashboard
+        .split("\"expr\": \"")
+        .skip(1)
+        .map(|rest| {
+            rest.split('"')
+                .next()
+                .unwrap_or_default()
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+        })
+        .collect();
+    assert!(exprs.len() >= 17, "the dashboard has {} queries", exprs.len());
+    for expr in &exprs {
+        let url = format!("http://{PROMETHEUS}/api/v1/query");
+        let body = curl(&lab.server, &["--get", "--data-urlencode", &format!("query={expr}"), &url]);
+        assert!(
+            body.as_deref()
+                .is_some_and(|b| b.contains("\"status\":\"success\"") && !b.contains("\"result\":[]")),
+            "dashboard query {expr} gave {body:?}"
+        );
+    }
 
     // A reload is counted, and the per-door counters carry over it.
     daemon.child.signal("HUP").unwrap();
