@@ -49,6 +49,7 @@ fn matcher() -> Matcher {
         doors: vec![d, udp],
         tuning: Default::default(),
         firewall: Default::default(),
+        metrics: Default::default(),
     };
     Matcher::new(Doors::new(&config).unwrap(), vec![IpAddr::V4(US)], BUDGET)
 }

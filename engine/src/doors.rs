@@ -231,6 +231,7 @@ mod tests {
             doors: names.iter().map(|n| Door::new(*n, parse_sequence("1,2").unwrap())).collect(),
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         }
     }
 

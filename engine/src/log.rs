@@ -61,7 +61,7 @@ pub fn event_message(event: &Event, door_name: &str, host: Option<&str>) -> Mess
 }
 
 /// knockd's text for an executor report; `None` for reports that are records, not
-/// log lines (per-operation timings).
+/// log lines (per-operation timings, grant counts for metrics).
 pub fn report_message(report: &Report, host: Option<&str>) -> Option<Message> {
     let plain = |text: String| Some(Message::plain(text));
     match report {
@@ -131,7 +131,7 @@ pub fn report_message(report: &Report, host: Option<&str>) -> Option<Message> {
             who(*ip, host)
         )),
         Report::JournalFailed { error } => plain(format!("error: grant journal: {error}")),
-        Report::Operation { .. } => None,
+        Report::Operation { .. } | Report::Opened { .. } | Report::GrantOpen { .. } => None,
     }
 }
 
@@ -170,6 +170,18 @@ pub struct Destinations {
     /// `--ops-log`: one line per firewall operation with its times, for checking the
     /// executor's limits and latencies from outside.
     pub ops: Option<PathBuf>,
+    /// Sees every executor report first (`--metrics-listen` counts grants and operations).
+    pub on_report: Option<ReportHook>,
+}
+
+/// A cheap callback the log thread runs on each executor [`Report`] it receives.
+#[derive(Clone)]
+pub struct ReportHook(pub Arc<dyn Fn(&Report) + Send + Sync>);
+
+impl std::fmt::Debug for ReportHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReportHook")
+    }
 }
 
 /// Sending side of the log, cheap to clone.
@@ -209,6 +221,11 @@ impl Log {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// The counter behind [`Log::dropped`], for a reader that must not keep the log open.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+
     pub fn sender(&self) -> Sender<LogItem> {
         self.tx.clone()
     }
@@ -244,7 +261,8 @@ pub fn start(dest: Destinations) -> std::io::Result<(Log, LogThread)> {
         Some(p) => Some(std::io::BufWriter::new(open_log_file(p)?)),
         None => None,
     };
-    let mut writer = Writer { file, ops, syslog, stdout: dest.stdout, lookup: dest.lookup };
+    let mut writer =
+        Writer { file, ops, syslog, stdout: dest.stdout, lookup: dest.lookup, on_report: dest.on_report };
     let handle = std::thread::Builder::new()
         .name("sesame-log".into())
         .spawn(move || writer.run(rx))
@@ -316,6 +334,7 @@ struct Writer {
     syslog: Option<Syslog>,
     stdout: bool,
     lookup: bool,
+    on_report: Option<ReportHook>,
 }
 
 impl Writer {
@@ -330,6 +349,9 @@ impl Writer {
                     event_message(&e, &name, host.as_deref())
                 }
                 LogItem::Report(r) => {
+                    if let Some(hook) = &self.on_report {
+                        (hook.0)(&r);
+                    }
                     if let (Some(ops), Report::Operation { .. }) = (&mut self.ops, &r) {
                         let _ = ops.write_all(operation_line(&r).as_bytes());
                         continue;
@@ -390,7 +412,9 @@ fn event_ip(e: &Event) -> Option<IpAddr> {
 /// `--ops-log`'s line for an operation: `STARTED FINISHED OP RESULT IP DOOR`, times as
 /// seconds since the epoch with nanoseconds (the door last: it may contain spaces).
 fn operation_line(r: &Report) -> String {
-    let Report::Operation { door_name, ip, op, started, finished, result } = r else { return String::new() };
+    let Report::Operation { door_name, ip, op, started, finished, result, .. } = r else {
+        return String::new();
+    };
     let secs =
         |t: &std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     format!("{:.9} {:.9} {} {:?} {ip} {door_name}\n", secs(started), secs(finished), op.name(), result)
@@ -415,7 +439,9 @@ fn report_ip(r: &Report) -> Option<IpAddr> {
         | Report::Failed { .. }
         | Report::SpawnFailed { .. }
         | Report::CommandTimedOut { .. }
-        | Report::JournalFailed { .. } => None,
+        | Report::JournalFailed { .. }
+        | Report::Opened { .. }
+        | Report::GrantOpen { .. } => None,
     }
 }
 

@@ -93,6 +93,37 @@ pub struct MatchStats {
     pub tracker: TrackerStats,
 }
 
+/// Counters of one door in one matcher (metrics), kept by the matcher's door index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DoorStats {
+    /// Knocks that reached a stage (`Stage N` events, rate-limited in the log or not).
+    pub stages: u64,
+    pub completed: u64,
+    pub timeouts: u64,
+    /// Attempts broken by a knock at another knock port.
+    pub wrong_port: u64,
+}
+
+/// Upper bounds, in whole seconds, of the knock-to-open histogram's buckets (a last
+/// bucket, +Inf, follows). Knock times are whole seconds, as knockd keeps them.
+pub const OPEN_BOUNDS: [u64; 8] = [0, 1, 2, 3, 5, 10, 30, 60];
+
+/// Seconds from a sequence's first knock to its last, over the sequences completed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenTimes {
+    /// Per bucket of [`OPEN_BOUNDS`] and +Inf, not cumulative.
+    pub buckets: [u64; OPEN_BOUNDS.len() + 1],
+    pub sum: u64,
+}
+
+impl OpenTimes {
+    fn observe(&mut self, secs: u64) {
+        let i = OPEN_BOUNDS.iter().position(|&b| secs <= b).unwrap_or(OPEN_BOUNDS.len());
+        self.buckets[i] += 1;
+        self.sum += secs;
+    }
+}
+
 /// One worker's matcher: its view of the doors and its share of the attempts.
 #[derive(Debug)]
 pub struct Matcher {
@@ -104,6 +135,9 @@ pub struct Matcher {
     ports: PortIndex,
     attempts: Tracker,
     stats: MatchStats,
+    /// Per door, by index in `doors`.
+    per_door: Vec<DoorStats>,
+    open_times: OpenTimes,
     /// Whether any door is one-time (only then is the shared state polled).
     has_one_time: bool,
     /// Bumped whenever the set of knock ports changes (one-time doors), so the capture
@@ -125,6 +159,8 @@ impl Matcher {
         let mine = doors.initial.clone();
         let has_one_time = doors.one_time.iter().any(Option::is_some);
         Matcher {
+            per_door: vec![DoorStats::default(); mine.len()],
+            open_times: OpenTimes::default(),
             ports: PortIndex::new(&mine),
             shared: doors,
             doors: mine,
@@ -147,6 +183,20 @@ impl Matcher {
 
     pub fn stats(&self) -> MatchStats {
         MatchStats { tracker: self.attempts.stats(), ..self.stats }
+    }
+
+    /// Per-door counters, in the order of [`Matcher::door_keys`].
+    pub fn door_stats(&self) -> &[DoorStats] {
+        &self.per_door
+    }
+
+    /// The identity of each door, by the matcher's door index.
+    pub fn door_keys(&self) -> impl Iterator<Item = DoorKey> + '_ {
+        self.doors.iter().map(|d| d.key)
+    }
+
+    pub fn open_times(&self) -> &OpenTimes {
+        &self.open_times
     }
 
     /// Attempts currently in progress.
@@ -251,24 +301,30 @@ impl Matcher {
             if att.expired(door, now) {
                 // Expired before this packet: dropped first, as knockd does.
                 self.stats.timeouts += 1;
+                self.per_door[id].timeouts += 1;
                 out.event(Event::Timeout { src: k.src, door: key, stage: att.stage() });
                 continue;
             }
             live = true;
             match att.knock(door, k) {
                 Advance::Next(next) => {
+                    self.per_door[id].stages += 1;
                     out.event(Event::Stage { src: k.src, door: key, stage: next.stage() });
                     // Taken just now, so its slot is free: this cannot be refused.
                     self.attempts.insert(&bucket, id as DoorId, next);
                 }
                 Advance::Open(opened) => {
+                    self.per_door[id].stages += 1;
                     out.event(Event::Stage { src: k.src, door: key, stage: att.stage() + 1 });
-                    self.open(opened, k.src, id as DoorId, out);
+                    self.open(opened, k.src, id as DoorId, now.saturating_sub(att.started()), out);
                 }
                 Advance::Ignored(same) => {
                     self.attempts.insert(&bucket, id as DoorId, same);
                 }
-                Advance::Broken => self.stats.broken += 1,
+                Advance::Broken => {
+                    self.stats.broken += 1;
+                    self.per_door[id].wrong_port += 1;
+                }
             }
         }
         if live {
@@ -283,20 +339,25 @@ impl Matcher {
             match Knocking::start(door, k, now) {
                 Start::Knocking(att) => {
                     if self.attempts.insert(&bucket, id as DoorId, att) != Inserted::Rejected {
+                        self.per_door[id].stages += 1;
                         out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     }
                 }
                 Start::Open(opened) => {
+                    self.per_door[id].stages += 1;
                     out.event(Event::Stage { src: k.src, door: key, stage: 1 });
-                    self.open(opened, k.src, id as DoorId, out);
+                    self.open(opened, k.src, id as DoorId, 0, out);
                 }
                 Start::No => {}
             }
         }
     }
 
-    fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, out: &mut impl Sink) {
+    /// A sequence completed, `took` seconds after its first knock.
+    fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, took: Secs, out: &mut impl Sink) {
         self.stats.opened += 1;
+        self.per_door[usize::from(id)].completed += 1;
+        self.open_times.observe(took);
         out.event(Event::Open { src, door: self.doors[usize::from(id)].key });
         if self.shared.one_time[usize::from(id)].is_some() {
             self.next_one_time(id, out);
@@ -372,6 +433,17 @@ impl Matcher {
             .map(|old| next.iter().position(|new| old.same_as(new)).map(|i| i as DoorId))
             .collect();
         self.attempts.remap(|door| map.get(usize::from(door)).copied().flatten());
+        // Counters follow the door's identity, wherever it now stands.
+        self.per_door = next
+            .iter()
+            .map(|new| {
+                self.doors
+                    .iter()
+                    .position(|old| old.key == new.key)
+                    .map(|i| self.per_door[i])
+                    .unwrap_or_default()
+            })
+            .collect();
         self.ports = PortIndex::new(&next);
         self.doors = next;
         self.has_one_time = doors.one_time.iter().any(Option::is_some);
@@ -389,12 +461,14 @@ impl Matcher {
         }
         self.swept = now;
         let doors = &self.doors;
+        let per_door = &mut self.per_door;
         let mut fired = 0;
-        self.attempts.sweep(|src, door, att| {
-            let door = &doors[usize::from(door)];
+        self.attempts.sweep(|src, id, att| {
+            let door = &doors[usize::from(id)];
             let expired = att.expired(door, now);
             if expired {
                 fired += 1;
+                per_door[usize::from(id)].timeouts += 1;
                 out.event(Event::Timeout { src, door: door.key, stage: att.stage() });
             }
             expired
@@ -435,6 +509,7 @@ mod tests {
             doors,
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         Matcher::new(Doors::new(&config).unwrap(), vec![US, OTHER_US], 1 << 20)
     }
@@ -484,6 +559,34 @@ mod tests {
             ]
         );
         assert_eq!(m.in_progress(), 0, "a completed attempt is removed");
+    }
+
+    #[test]
+    fn per_door_counters_follow_stages_successes_failures_and_reloads() {
+        let mut m = matcher(vec![door("a", "7000,8000,9000", 5), door("b", "6000,6001", 5)]);
+        run(&mut m, &[(100, tcp(A, 7000, SYN)), (101, tcp(A, 8000, SYN)), (102, tcp(A, 9000, SYN))]);
+        // Wrong port: 7000 then 9000 breaks the attempt at `a`.
+        run(&mut m, &[(103, tcp(B, 7000, SYN)), (103, tcp(B, 9000, SYN))]);
+        // Timeout: `b` begun and left.
+        run(&mut m, &[(104, tcp(A, 6000, SYN))]);
+        m.expire(110, &mut Vec::new());
+        let a = DoorStats { stages: 4, completed: 1, timeouts: 0, wrong_port: 1 };
+        let b = DoorStats { stages: 1, completed: 0, timeouts: 1, wrong_port: 0 };
+        assert_eq!(m.door_stats(), [a, b]);
+        assert_eq!(m.door_keys().collect::<Vec<_>>(), [k("a"), k("b")]);
+        assert_eq!(m.open_times().sum, 2);
+        assert_eq!(m.open_times().buckets[2], 1, "2 s falls in the le=2 bucket");
+        // Swapped on reload: each door's counters go with its name; a new door starts at 0.
+        let config = Config {
+            source: PathBuf::from("test.conf"),
+            options: Options::default(),
+            doors: vec![door("c", "5000", 5), door("b", "6000,6001", 5), door("a", "7000,8000,9000", 5)],
+            tuning: Default::default(),
+            firewall: Default::default(),
+            metrics: Default::default(),
+        };
+        m.reload(Doors::new(&config).unwrap());
+        assert_eq!(m.door_stats(), [DoorStats::default(), b, a]);
     }
 
     #[test]
@@ -685,6 +788,7 @@ mod tests {
             doors: vec![d],
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         (dir, path, config)
     }
@@ -745,6 +849,7 @@ mod tests {
             doors: new_doors,
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         let capacity = old.tracker().capacity();
         let mut new = old;
@@ -785,6 +890,7 @@ mod tests {
             doors: vec![door("d", "7000,8000", 5)],
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         let mut m = Matcher::new(Doors::new(&config).unwrap(), vec![US, v6us], 1 << 20);
         let kn =
@@ -914,6 +1020,7 @@ mod tests {
             doors: vec![door("doorB", "7004,7005,7006", 5), door("doorA", "7001,7002,7003", 5)],
             tuning: Default::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         m.reload(Doors::new(&config).unwrap());
         assert_eq!(m.in_progress(), 2);

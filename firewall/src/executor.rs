@@ -197,11 +197,27 @@ pub enum Report {
     Operation {
         door_name: String,
         ip: IpAddr,
+        /// The backend's name, `command` for knockd's commands.
+        backend: &'static str,
         op: OpKind,
         started: SystemTime,
         finished: SystemTime,
         result: OpResult,
     },
+    /// For metrics: a knock took effect (its grant opened, or its knockd command ran).
+    /// A refresh of an open grant is not one.
+    Opened { door_name: String },
+    /// For metrics: a grant of this door became open (`true`) or closed (`false`),
+    /// counting grants re-armed from the journal at start.
+    GrantOpen { door_name: String, open: bool },
+}
+
+impl Report {
+    /// Reports that are records for metrics or `--ops-log`, not log lines; the executor
+    /// offers them without ever waiting for the log.
+    pub fn is_record(&self) -> bool {
+        matches!(self, Report::Operation { .. } | Report::Opened { .. } | Report::GrantOpen { .. })
+    }
 }
 
 /// Counters the executor's threads keep; [`Stats`] is their snapshot.
@@ -221,6 +237,8 @@ pub(crate) struct Counters {
     pub open_grants: AtomicU64,
     pub reports_dropped: AtomicU64,
     pub journal_errors: AtomicU64,
+    /// Set when the scheduler thread ends, however it ends.
+    pub stopped: std::sync::atomic::AtomicBool,
 }
 
 /// The executor's counters at one moment, for metrics.
@@ -245,6 +263,8 @@ pub struct Stats {
     pub reports_dropped: u64,
     /// Journal records that could not be queued.
     pub journal_errors: u64,
+    /// Whether the scheduler thread still runs (it stops only at shutdown, or by a panic).
+    pub alive: bool,
 }
 
 impl Counters {
@@ -261,6 +281,7 @@ impl Counters {
             open_grants: self.open_grants.load(Relaxed),
             reports_dropped: self.reports_dropped.load(Relaxed),
             journal_errors: self.journal_errors.load(Relaxed),
+            alive: !self.stopped.load(Relaxed),
         }
     }
 }
@@ -554,6 +575,14 @@ struct Looper<R, T> {
 
 impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
     fn run(mut self) {
+        /// Marks the executor stopped when the thread ends, also by a panic.
+        struct Stopped(Arc<Counters>);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                self.0.stopped.store(true, Relaxed);
+            }
+        }
+        let _stopped = Stopped(self.counters.clone());
         let mut shutting_down = false;
         loop {
             self.scheduler.tick(Now::real());
@@ -596,7 +625,7 @@ impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
                             self.scheduler.done(id, result, Now::real());
                         }
                     }
-                    Effect::Report(r @ Report::Operation { .. }) => (self.offer)(r),
+                    Effect::Report(r) if r.is_record() => (self.offer)(r),
                     Effect::Report(r) => {
                         let _ = self.reports.send(r.into());
                     }
@@ -677,11 +706,11 @@ mod tests {
         }
     }
 
-    /// The next report that is not an `Operation` record.
+    /// The next report that is not a record ([`Report::is_record`]).
     fn next(rx: &Receiver<Report>) -> Report {
         loop {
             match rx.recv_timeout(WAIT).expect("a report in time") {
-                Report::Operation { .. } => {}
+                r if r.is_record() => {}
                 r => return r,
             }
         }
@@ -728,7 +757,7 @@ mod tests {
         assert!(reports.contains(&Report::Running { door_name: "ssh".into(), command: "open".into() }));
         assert!(reports.iter().any(|r| matches!(r, Report::Extended { secs: 60, .. })), "{reports:?}");
         ex.shutdown();
-        let rest: Vec<Report> = rx.try_iter().filter(|r| !matches!(r, Report::Operation { .. })).collect();
+        let rest: Vec<Report> = rx.try_iter().filter(|r| !r.is_record()).collect();
         assert_eq!(
             rest,
             [
@@ -748,7 +777,7 @@ mod tests {
         wait_for(|| ex.stats().failed == 1);
         let stats = ex.stats();
         ex.shutdown();
-        let all: Vec<Report> = rx.try_iter().filter(|r| !matches!(r, Report::Operation { .. })).collect();
+        let all: Vec<Report> = rx.try_iter().filter(|r| !r.is_record()).collect();
         assert_eq!(
             all,
             [

@@ -206,6 +206,16 @@ enum What {
     Backend(&'static str),
 }
 
+impl What {
+    /// The backend's name for reports and metrics: `command` for knockd's commands.
+    fn backend(&self) -> &'static str {
+        match self {
+            What::Backend(b) => b,
+            What::Command(_) => "command",
+        }
+    }
+}
+
 /// What a pool thread runs.
 pub(crate) enum Task {
     Command(String),
@@ -330,6 +340,7 @@ impl Scheduler {
             open_given_up: false,
         };
         self.counters.open_grants.fetch_add(1, Relaxed);
+        self.report(Report::GrantOpen { door_name: door_name.clone(), open: true });
         self.slots.insert(key.clone(), slot);
         match left {
             Some(d) => {
@@ -493,15 +504,22 @@ impl Scheduler {
         }
     }
 
-    fn set_have(counters: &Counters, slot: &mut Slot, have: Have) {
-        match (slot.is_open(), have != Have::Closed) {
+    /// Sets what the backend has; a grant that became open or closed is counted, and
+    /// reported (for metrics) into `effects`.
+    fn set_have(counters: &Counters, effects: &mut Vec<Effect>, key: &Key, slot: &mut Slot, have: Have) {
+        let open = match (slot.is_open(), have != Have::Closed) {
             (false, true) => {
                 counters.open_grants.fetch_add(1, Relaxed);
+                Some(true)
             }
             (true, false) => {
                 counters.open_grants.fetch_sub(1, Relaxed);
+                Some(false)
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(open) = open {
+            effects.push(Effect::Report(Report::GrantOpen { door_name: key.0.clone(), open }));
         }
         slot.have = have;
     }
@@ -583,15 +601,13 @@ impl Scheduler {
             self.running -= 1;
             self.counters.timed_out.fetch_add(1, Relaxed);
             let (door_name, ip, op, started) = (f.door_name.clone(), f.ip, f.op, f.started);
-            let backend = match f.what {
-                What::Backend(b) => b,
-                What::Command(_) => "command",
-            };
+            let backend = f.what.backend();
             let after = self.limits.command_timeout;
             self.report(Report::BackendTimedOut { door_name: door_name.clone(), ip, backend, op, after });
             self.report(Report::Operation {
                 door_name,
                 ip,
+                backend,
                 op,
                 started,
                 finished: now.wall,
@@ -751,6 +767,7 @@ impl Scheduler {
             self.report(Report::Operation {
                 door_name: f.door_name.clone(),
                 ip: f.ip,
+                backend: f.what.backend(),
                 op: f.op,
                 started: f.started,
                 finished: now.wall,
@@ -829,6 +846,7 @@ impl Scheduler {
             Purpose::Once(mut o) => {
                 if ok {
                     self.counters.opened.fetch_add(1, Relaxed);
+                    self.report(Report::Opened { door_name: o.door_name.clone() });
                 } else if let Some(after) = retry_after {
                     o.failures += 1;
                     let seq = self.next_id;
@@ -863,14 +881,15 @@ impl Scheduler {
             (Need::Open | Need::Refresh, true) => {
                 if need == Need::Open {
                     counters.opened.fetch_add(1, Relaxed);
+                    self.effects.push(Effect::Report(Report::Opened { door_name: key.0.clone() }));
                 }
-                Self::set_have(&counters, slot, Have::Open);
+                Self::set_have(&counters, &mut self.effects, &key, slot, Have::Open);
                 slot.applied = target;
                 slot.failures = 0;
             }
             (Need::Close, true) => {
                 counters.closed.fetch_add(1, Relaxed);
-                Self::set_have(&counters, slot, Have::Closed);
+                Self::set_have(&counters, &mut self.effects, &key, slot, Have::Closed);
                 slot.failures = 0;
                 slot.applied = None;
                 if let Some(k) = slot.next_kind.take() {
@@ -882,7 +901,7 @@ impl Scheduler {
                 // An open that was not journaled did not run: nothing may be open.
                 let ran = !matches!(result, JobResult::JournalFailed(_));
                 if need == Need::Open && ran {
-                    Self::set_have(&counters, slot, Have::Unsure);
+                    Self::set_have(&counters, &mut self.effects, &key, slot, Have::Unsure);
                 }
                 match retry_after {
                     Some(after) => {
@@ -901,7 +920,7 @@ impl Scheduler {
                             // Given up: the journal keeps the grant (no close record),
                             // so the next start tries again.
                             Need::Close => {
-                                Self::set_have(&counters, slot, Have::Closed);
+                                Self::set_have(&counters, &mut self.effects, &key, slot, Have::Closed);
                                 slot.journaled = None;
                                 if let Some(k) = slot.next_kind.take() {
                                     slot.kind = k;
@@ -1480,6 +1499,17 @@ mod tests {
         );
         assert_eq!(sim.started("fake close 198.18.0.2"), [40 * S]);
         assert_eq!(sim.counters.opened.load(Relaxed), 1, "a refresh is not a second grant");
+        // The records metrics count: one grant opened, open from 0 s to its close.
+        let records = sim.reported(|r| matches!(r, Report::Opened { .. } | Report::GrantOpen { .. }));
+        let records: Vec<Report> = records.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(
+            records,
+            [
+                Report::Opened { door_name: "ssh".into() },
+                Report::GrantOpen { door_name: "ssh".into(), open: true },
+                Report::GrantOpen { door_name: "ssh".into(), open: false },
+            ]
+        );
         match &sim.ops[1].journal {
             Some(Record::Open(e)) => assert_eq!(
                 e.close,
@@ -1503,6 +1533,9 @@ mod tests {
         });
         sim.run_to(10 * S);
         assert_eq!(sim.labels(), ["run 198.18.0.2"; 3]);
+        let opened = sim.reported(|r| matches!(r, Report::Opened { .. }));
+        assert_eq!(opened.len(), 3, "each run is a knock that took effect");
+        assert!(sim.reported(|r| matches!(r, Report::GrantOpen { .. })).is_empty(), "no grant stays open");
         assert!(sim.journal.is_empty(), "nothing to close, nothing journaled");
         assert_eq!(sim.counters.pending.load(Relaxed), 0);
     }

@@ -59,6 +59,9 @@ struct Args {
     /// write one line per firewall operation (start, end, result) to this file (sesame only)
     #[arg(long = "ops-log", value_name = "file")]
     ops_log: Option<PathBuf>,
+    /// serve /metrics (Prometheus) and /healthz on ADDR:PORT (sesame only; default: the config's [metrics] listen, else off)
+    #[arg(long = "metrics-listen", value_name = "addr:port")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// display version
     #[arg(short = 'V', long = "version", action = ArgAction::Version)]
     version: Option<bool>,
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         memory_mib: args.memory_mib,
         state_dir: args.state_dir,
         ops_log: args.ops_log,
+        metrics_listen: args.metrics_listen,
     };
     match daemon::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         doors: parser.doors,
         tuning: Default::default(),
         firewall: Default::default(),
+        metrics: Default::default(),
     })
 }
 

@@ -39,6 +39,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// sesame-only: the firewall executor and the default backend (TOML `[firewall]`).
     pub firewall: FirewallSettings,
+    /// sesame-only: the metrics endpoint (TOML `[metrics]`).
+    pub metrics: MetricsSettings,
 }
 
 /// Which firewall a door's grants go through.
@@ -76,6 +78,12 @@ impl BackendKind {
             ))
         })
     }
+}
+
+/// The `[metrics]` section: where `/metrics` and `/healthz` are served; off when unset.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[firewall]` section: the executor's limits and the default backend.

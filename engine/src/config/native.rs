@@ -22,7 +22,8 @@
 use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
 use super::{
     onetime, parse_interfaces, parse_open, parse_sequence, parse_step, BackendKind, Config, ConfigError,
-    Door, FirewallSettings, OneTimeSequences, Options, Port, Problem, Step, Tuning, MAX_SEQUENCE,
+    Door, FirewallSettings, MetricsSettings, OneTimeSequences, Options, Port, Problem, Step, Tuning,
+    MAX_SEQUENCE,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -59,7 +60,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let tuning = tuning(file.capture, file.limits).map_err(|(span, problem)| error(Some(span), problem))?;
     let firewall =
         firewall(file.firewall.unwrap_or_default()).map_err(|(span, problem)| error(Some(span), problem))?;
-    Ok(Config { source: path.to_owned(), options, doors, tuning, firewall })
+    let metrics =
+        metrics(file.metrics.unwrap_or_default()).map_err(|(span, problem)| error(Some(span), problem))?;
+    Ok(Config { source: path.to_owned(), options, doors, tuning, firewall, metrics })
 }
 
 /// Writes `config` as sesame TOML; [`parse`] reads it back to an equal [`Config`].
@@ -101,6 +104,7 @@ pub fn to_toml(config: &Config) -> String {
                 close_on_exit: f.close_on_exit,
             }
         }),
+        metrics: config.metrics.listen.map(|a| MetricsOut { listen: a.to_string() }),
     };
     toml::to_string(&file).expect("a Config always serialises to TOML")
 }
@@ -132,6 +136,30 @@ struct FileToml {
     capture: Option<CaptureToml>,
     limits: Option<LimitsToml>,
     firewall: Option<FirewallToml>,
+    metrics: Option<MetricsToml>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsToml {
+    listen: Option<Spanned<String>>,
+}
+
+fn metrics(m: MetricsToml) -> Result<MetricsSettings, (Span, Problem)> {
+    let mut s = MetricsSettings::default();
+    if let Some(l) = m.listen {
+        let addr = l.get_ref().parse().map_err(|_| {
+            (
+                l.span(),
+                Problem::Other(format!(
+                    "invalid listen address '{}' in [metrics]: must be ADDR:PORT",
+                    l.get_ref()
+                )),
+            )
+        })?;
+        s.listen = Some(addr);
+    }
+    Ok(s)
 }
 
 #[derive(Default, Deserialize)]
@@ -494,6 +522,13 @@ struct FileOut<'a> {
     limits: Option<LimitsOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     firewall: Option<FirewallOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<MetricsOut>,
+}
+
+#[derive(Serialize)]
+struct MetricsOut {
+    listen: String,
 }
 
 #[derive(Serialize)]
@@ -622,6 +657,20 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_parses_round_trips_and_blames_its_line() {
+        let c = parse_str("[metrics]\nlisten = \"127.0.0.1:9105\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9105".parse().unwrap()));
+        assert_eq!(parse_str(&to_toml(&c)).unwrap().metrics, c.metrics);
+        assert_eq!(parse_str("").unwrap().metrics.listen, None, "off unless set");
+        let e = parse_str("[options]\n[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(
+            e.to_string().starts_with("test.toml:3: invalid listen address 'localhost' in [metrics]"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn capture_and_limits_tables_tune_and_validate() {
         let c =
             parse_str("[capture]\nworkers = 4\nring_block_size = 65536\n[limits]\nmemory_mib = 8\n").unwrap();
@@ -724,6 +773,7 @@ mod tests {
             doors: vec![door],
             tuning: Tuning::default(),
             firewall: Default::default(),
+            metrics: Default::default(),
         };
         let back = parse(Path::new("x.toml"), &to_toml(&config)).unwrap();
         assert_eq!(back.doors, config.doors);

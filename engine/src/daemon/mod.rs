@@ -9,6 +9,7 @@
 mod firewall;
 mod interfaces;
 mod limiter;
+mod metrics;
 mod reload;
 mod rings;
 mod settings;
@@ -22,7 +23,7 @@ pub use sizing::{RingSize, Sizing, SizingError};
 
 use crate::config::{Config, DEFAULT_PID_FILE};
 use crate::doors::Doors;
-use crate::log::{self, Destinations, Log, LogItem};
+use crate::log::{self, Destinations, Log, LogItem, ReportHook};
 use crate::matcher::{Event, Matcher};
 use anyhow::Context;
 use interfaces::{Interfaces, Kernel, State};
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use supervisor::{total, Reported, Supervisor, WorkerHandle};
-use worker::{now_secs, Published, Worker, WorkerSink, CONTROL_QUEUE};
+use worker::{now_secs, Alive, Published, Worker, WorkerSink, CONTROL_QUEUE};
 
 /// Everything built and checked before the daemon commits to running: each worker's
 /// rings and matcher (with its whole table allocated), so that `starting up` is
@@ -52,6 +53,8 @@ struct Prepared {
     state_lock: std::fs::File,
     /// Per worker: its matcher and its ring on each interface (slot, ring).
     workers: Vec<(Matcher, Vec<(usize, Ring)>)>,
+    /// The metrics endpoint's socket, when asked for.
+    metrics: Option<metrics::Bound>,
 }
 
 fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
@@ -84,9 +87,10 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
         }
     }
     let state_lock = lock_state_dir(&s.state_dir(&config))?;
+    let metrics = s.metrics_listen.or(config.metrics.listen).map(metrics::bind).transpose()?;
     // Last, as it changes the firewall: sesame's table or chain, ports closed.
     let firewall = Arc::new(Firewall::for_config(&config, None)?);
-    Ok(Prepared { config, interfaces, doors, sizing, factory, workers, firewall, state_lock })
+    Ok(Prepared { config, interfaces, doors, sizing, factory, workers, firewall, state_lock, metrics })
 }
 
 /// Creates the grant journal's directory (readable by root only) and takes its lock,
@@ -120,8 +124,17 @@ fn lock_state_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(s: Settings) -> anyhow::Result<()> {
-    let Prepared { config, interfaces, doors, sizing, factory, workers: prepared, firewall, state_lock } =
-        prepare(&s)?;
+    let Prepared {
+        config,
+        interfaces,
+        doors,
+        sizing,
+        factory,
+        workers: prepared,
+        firewall,
+        state_lock,
+        metrics,
+    } = prepare(&s)?;
 
     // knockd writes a pid file only when it daemonises.
     let pid_file = s.daemonize.then(|| {
@@ -136,12 +149,18 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
             .with_context(|| format!("could not daemonise (pid file {})", pid_file.display()))?;
     }
 
+    let firewall_series = Arc::new(metrics::FirewallSeries::default());
+    let on_report = metrics.as_ref().map(|_| {
+        let series = firewall_series.clone();
+        ReportHook(Arc::new(move |r: &sesame_firewall::Report| series.on_report(r)))
+    });
     let dest = Destinations {
         file: s.log_file.clone().or_else(|| config.options.log_file.clone()),
         syslog: config.options.use_syslog,
         stdout: s.verbose,
         lookup: s.lookup,
         ops: s.ops_log.clone(),
+        on_report,
     };
     let (log, log_thread) = log::start(dest)?;
 
@@ -185,7 +204,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for (n, (matcher, rings)) in prepared.into_iter().enumerate() {
         let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
-        let published = Arc::new(Published::default());
+        let published = Published::new(interfaces.len(), &matcher);
         let sink = WorkerSink {
             doors: doors.clone(),
             firewall: firewall.clone(),
@@ -196,13 +215,43 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         };
         let worker = Worker::new(matcher, sink, rings, rx, published.clone(), s.debug, !s.ipv4_only);
         let stop = term.clone();
+        let alive = Alive(published.clone());
         let handle = std::thread::Builder::new()
             .name(format!("sesame-cap{n}"))
-            .spawn(move || worker.run(&stop))
+            .spawn(move || {
+                let _alive = alive;
+                worker.run(&stop)
+            })
             .context("starting a capture worker")?;
         workers.push(WorkerHandle { handle: Some(handle), control: tx, published });
     }
 
+    let reloads = Arc::new(metrics::Reloads::default());
+    let server = match metrics {
+        Some(bound) => {
+            let names = (0..interfaces.len()).map(|slot| interfaces.name(slot).to_owned()).collect();
+            let sources = metrics::Sources::new(
+                &workers,
+                names,
+                executor.handle(),
+                log.dropped_counter(),
+                firewall_series.clone(),
+                reloads.clone(),
+            );
+            match metrics::Server::start(bound, sources) {
+                Ok(server) => {
+                    eprintln!("sesamed: metrics: serving /metrics and /healthz on {}", server.addr);
+                    Some(server)
+                }
+                // Bound already: only a thread or poll that cannot be made gets here.
+                Err(e) => {
+                    log.text(format!("error: {e}; running without the metrics endpoint"));
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let failing = vec![false; interfaces.len()];
     let mut supervisor = Supervisor {
         settings: &s,
@@ -214,8 +263,12 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         firewall,
         reported: Reported::default(),
         failing,
+        reloads,
     };
     let result = supervisor.run(&term, &hup);
+    if let Some(server) = server {
+        server.stop();
+    }
     let mut reported = std::mem::take(&mut supervisor.reported);
     drop(supervisor);
     term.store(true, Ordering::Relaxed);

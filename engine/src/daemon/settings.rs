@@ -23,6 +23,8 @@ pub struct Settings {
     pub state_dir: Option<PathBuf>,
     /// `--ops-log`: where to write one line per firewall operation.
     pub ops_log: Option<PathBuf>,
+    /// `--metrics-listen`: where to serve `/metrics` and `/healthz`; overrides `[metrics] listen`.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {

@@ -9,9 +9,10 @@
 
 use super::firewall::Firewall;
 use super::interfaces::{Change, Interfaces, Kernel, State};
+use super::metrics::Reloads;
 use super::reload::reload;
 use super::rings::RingFactory;
-use super::worker::{Control, Published};
+use super::worker::{Control, Published, Shared};
 use super::Settings;
 use crate::doors::Doors;
 use crate::log::Log;
@@ -35,7 +36,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct WorkerHandle {
     pub(crate) handle: Option<JoinHandle<anyhow::Result<()>>>,
     pub(crate) control: Sender<Control>,
-    pub(crate) published: Arc<Published>,
+    pub(crate) published: Shared,
 }
 
 pub(crate) fn total(workers: &[WorkerHandle], field: impl Fn(&Published) -> &AtomicU64) -> u64 {
@@ -88,6 +89,7 @@ pub(crate) struct Supervisor<'a> {
     pub(crate) reported: Reported,
     /// Per interface slot: its rings could not be opened at the last try (said once).
     pub(crate) failing: Vec<bool>,
+    pub(crate) reloads: Arc<Reloads>,
 }
 
 impl Supervisor<'_> {
@@ -133,6 +135,9 @@ impl Supervisor<'_> {
                 {
                     self.doors = doors;
                     self.firewall = firewall;
+                    self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.reloads.error.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if changes.any() || resynced.is_none_or(|t| t.elapsed() >= RESYNC_EVERY) {

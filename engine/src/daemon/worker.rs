@@ -5,16 +5,18 @@
 
 use super::firewall::Firewall;
 use super::limiter::Limiter;
+use crate::doors::DoorKey;
 use crate::doors::Doors;
 use crate::log::{Log, LogItem};
-use crate::matcher::{Event, Matcher, Secs, Sink, BATCH};
+use crate::matcher::{DoorStats, Event, Matcher, Secs, Sink, BATCH, OPEN_BOUNDS};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_utils::CachePadded;
 use sesame_capture::ring::{self, Ring, RingStats};
 use sesame_capture::{iface, CaptureError, Knock};
 use sesame_firewall::{ExecutorHandle, GrantRequest};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What the supervisor tells a worker, between blocks. The channel is bounded
@@ -34,10 +36,22 @@ pub(crate) enum Control {
 /// Control messages that may wait for one worker.
 pub(crate) const CONTROL_QUEUE: usize = 64;
 
-/// Counters a worker publishes for the supervisor; each is written by its worker only
-/// and summed over the workers when read.
+/// Counters a worker publishes for the supervisor and the metrics endpoint; each is
+/// written by its worker only (relaxed stores of what it counts anyway, once per wake)
+/// and summed over the workers when read. Cache-padded, so workers never share a line.
+pub(crate) type Shared = Arc<CachePadded<Published>>;
+
 #[derive(Default)]
 pub(crate) struct Published {
+    /// False once the worker's thread has ended, however it ended.
+    pub(crate) alive: AtomicBool,
+    /// Frames that could not be parsed.
+    pub(crate) malformed: AtomicU64,
+    /// Per interface slot: packets and kernel drops of this worker's rings.
+    pub(crate) interfaces: Box<[RingCounts]>,
+    /// The worker's door table's counters; replaced (not changed in place) on a reload.
+    pub(crate) doors: Mutex<Arc<DoorCounts>>,
+    pub(crate) open_times: OpenCounts,
     pub(crate) suppressed: AtomicU64,
     pub(crate) packets: AtomicU64,
     pub(crate) kernel_drops: AtomicU64,
@@ -46,6 +60,66 @@ pub(crate) struct Published {
     pub(crate) rejected: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) capacity: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct RingCounts {
+    pub(crate) packets: AtomicU64,
+    pub(crate) drops: AtomicU64,
+}
+
+/// Per-door counters of one worker, by the worker's door index.
+#[derive(Default)]
+pub(crate) struct DoorCounts {
+    pub(crate) keys: Vec<DoorKey>,
+    /// stages, completed, timeouts, wrong port
+    pub(crate) counts: Box<[[AtomicU64; 4]]>,
+}
+
+impl DoorCounts {
+    fn of(matcher: &Matcher) -> DoorCounts {
+        let counts = matcher
+            .door_stats()
+            .iter()
+            .map(|d| [d.stages, d.completed, d.timeouts, d.wrong_port].map(AtomicU64::new))
+            .collect();
+        DoorCounts { keys: matcher.door_keys().collect(), counts }
+    }
+
+    fn store(&self, stats: &[DoorStats]) {
+        for (c, d) in self.counts.iter().zip(stats) {
+            for (a, v) in c.iter().zip([d.stages, d.completed, d.timeouts, d.wrong_port]) {
+                a.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The knock-to-open histogram ([`OpenTimes`]) as atomics.
+#[derive(Default)]
+pub(crate) struct OpenCounts {
+    pub(crate) buckets: [AtomicU64; OPEN_BOUNDS.len() + 1],
+    pub(crate) sum: AtomicU64,
+}
+
+impl Published {
+    pub(crate) fn new(interfaces: usize, matcher: &Matcher) -> Shared {
+        Arc::new(CachePadded::new(Published {
+            alive: AtomicBool::new(true),
+            interfaces: (0..interfaces).map(|_| RingCounts::default()).collect(),
+            doors: Mutex::new(Arc::new(DoorCounts::of(matcher))),
+            ..Published::default()
+        }))
+    }
+}
+
+/// Clears [`Published::alive`] when dropped: hold it for the worker thread's life.
+pub(crate) struct Alive(pub(crate) Shared);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
 }
 
 pub(crate) fn now_secs() -> Secs {
@@ -100,10 +174,14 @@ pub(crate) struct Worker {
     rings: Vec<Ring>,
     /// The interface slot of each ring, in step with `rings`.
     slots: Vec<usize>,
-    /// Counters of rings already closed, so the totals never go backwards.
-    closed: RingStats,
+    /// Per interface slot: counters of rings already closed, so totals never go backwards.
+    closed: Vec<RingStats>,
+    /// Frames that could not be parsed.
+    malformed: u64,
+    /// Where this worker's per-door counters are published (a new one after a reload).
+    door_counts: Arc<DoorCounts>,
     control: Receiver<Control>,
-    published: Arc<Published>,
+    published: Shared,
     debug: bool,
     ipv6: bool,
 }
@@ -114,16 +192,19 @@ impl Worker {
         sink: WorkerSink,
         rings: Vec<(usize, Ring)>,
         control: Receiver<Control>,
-        published: Arc<Published>,
+        published: Shared,
         debug: bool,
         ipv6: bool,
     ) -> Worker {
+        let door_counts = published.doors.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut w = Worker {
             matcher,
             sink,
             rings: Vec::new(),
             slots: Vec::new(),
-            closed: RingStats::default(),
+            closed: vec![RingStats::default(); published.interfaces.len()],
+            malformed: 0,
+            door_counts,
             control,
             published,
             debug,
@@ -186,6 +267,9 @@ impl Worker {
                 // Knocks in progress at doors the reload left alone go on (knockd drops
                 // them all); the table is reused, not allocated again.
                 self.matcher.reload(doors.clone());
+                // Off the packet path: a new table, published with the counters carried over.
+                self.door_counts = Arc::new(DoorCounts::of(&self.matcher));
+                *self.published.doors.lock().unwrap_or_else(|p| p.into_inner()) = self.door_counts.clone();
                 self.sink.doors = doors;
                 self.sink.firewall = firewall;
                 true
@@ -218,11 +302,11 @@ impl Worker {
 
     fn close(&mut self, i: usize) {
         let ring = self.rings.remove(i);
-        self.slots.remove(i);
-        if let Ok(s) = ring.stats() {
-            self.closed.packets += s.packets;
-            self.closed.drops += s.drops;
-            self.closed.freeze_q_cnt += s.freeze_q_cnt;
+        let slot = self.slots.remove(i);
+        if let (Ok(s), Some(closed)) = (ring.stats(), self.closed.get_mut(slot)) {
+            closed.packets += s.packets;
+            closed.drops += s.drops;
+            closed.freeze_q_cnt += s.freeze_q_cnt;
         }
     }
 
@@ -273,8 +357,12 @@ impl Worker {
                             }
                             batch.push((knock, Secs::from(frame.ts_sec)));
                         }
-                        Err(e) if self.debug => println!("skipping frame of {} bytes: {e}", frame.data.len()),
-                        Err(_) => {}
+                        Err(e) => {
+                            self.malformed += 1;
+                            if self.debug {
+                                println!("skipping frame of {} bytes: {e}", frame.data.len());
+                            }
+                        }
                     }
                 }
                 if taken == 0 {
@@ -287,15 +375,29 @@ impl Worker {
     }
 
     fn publish(&self) {
-        let mut ring = self.closed;
-        for r in &self.rings {
-            if let Ok(s) = r.stats() {
-                ring.packets += s.packets;
-                ring.drops += s.drops;
+        let p = &self.published;
+        let mut ring = RingStats::default();
+        for (slot, (closed, out)) in self.closed.iter().zip(p.interfaces.iter()).enumerate() {
+            let (mut packets, mut drops) = (closed.packets, closed.drops);
+            for (r, _) in self.rings.iter().zip(&self.slots).filter(|(_, &s)| s == slot) {
+                if let Ok(s) = r.stats() {
+                    packets += s.packets;
+                    drops += s.drops;
+                }
             }
+            out.packets.store(packets, Ordering::Relaxed);
+            out.drops.store(drops, Ordering::Relaxed);
+            ring.packets += packets;
+            ring.drops += drops;
         }
         let m = self.matcher.stats();
-        let p = &self.published;
+        self.door_counts.store(self.matcher.door_stats());
+        let open = self.matcher.open_times();
+        for (a, v) in p.open_times.buckets.iter().zip(open.buckets) {
+            a.store(v, Ordering::Relaxed);
+        }
+        p.open_times.sum.store(open.sum, Ordering::Relaxed);
+        p.malformed.store(self.malformed, Ordering::Relaxed);
         p.suppressed.store(self.sink.limiter.suppressed, Ordering::Relaxed);
         p.packets.store(ring.packets, Ordering::Relaxed);
         p.kernel_drops.store(ring.drops, Ordering::Relaxed);
