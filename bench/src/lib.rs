@@ -6,10 +6,12 @@
 //! legitimate knockers sending real sequences from distinct sources. The orchestrator
 //! ([`run`]) measures offered and delivered rates, legitimate successes and their
 //! knock-to-command latency, daemon CPU and memory, and the daemon's own counters,
-//! and writes them as JSON ([`report`]) and an SVG chart ([`chart`]).
+//! and writes them as JSON ([`report`]) and an SVG chart ([`chart`]). [`firewall`] checks
+//! sesamed's firewall backends: their limits under load and their latency.
 #![deny(unsafe_code)]
 
 pub mod chart;
+pub mod firewall;
 pub mod gen;
 pub mod pacing;
 pub mod report;

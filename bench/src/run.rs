@@ -153,7 +153,7 @@ pub fn match_outcomes(
     (outcomes, stray)
 }
 
-fn unix_ns_now() -> u64 {
+pub(crate) fn unix_ns_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -169,7 +169,7 @@ pub fn iface_mac(ns: &sesame_lab::Netns, ifname: &str) -> anyhow::Result<Mac> {
 }
 
 /// The last `max` bytes of a file, lossily as text.
-fn tail(path: &Path, max: u64) -> String {
+pub(crate) fn tail(path: &Path, max: u64) -> String {
     let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
@@ -179,7 +179,7 @@ fn tail(path: &Path, max: u64) -> String {
 }
 
 /// Whether `path` has a line containing `needle` (read from the start, at most 1 MiB).
-fn file_contains(path: &Path, needle: &str) -> bool {
+pub(crate) fn file_contains(path: &Path, needle: &str) -> bool {
     let Ok(f) = std::fs::File::open(path) else { return false };
     let mut buf = String::new();
     let _ = f.take(1 << 20).read_to_string(&mut buf);
@@ -239,14 +239,14 @@ impl Generator {
 }
 
 /// Reads the command FIFO on a thread, stamping each line with the wall clock.
-struct FifoReader {
+pub(crate) struct FifoReader {
     lines: Arc<Mutex<Vec<(String, u64)>>>,
     writer: std::fs::File,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FifoReader {
-    fn open(path: &Path) -> anyhow::Result<FifoReader> {
+    pub(crate) fn open(path: &Path) -> anyhow::Result<FifoReader> {
         sesame_lab::run(Command::new("mkfifo").arg("-m").arg("0600").arg(path))?;
         // Read and write: the FIFO then always has a writer (us), so the reader never
         // sees end-of-file between the daemon's commands, and opening never blocks.
@@ -274,7 +274,7 @@ impl FifoReader {
         Ok(FifoReader { lines, writer, thread: Some(thread) })
     }
 
-    fn snapshot(&self) -> Vec<(String, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(String, u64)> {
         self.lines.lock().expect("fifo lines lock").clone()
     }
 }
@@ -294,18 +294,18 @@ const LOG_CAP_BYTES: u64 = 256 << 20;
 
 /// The RSS series and the log bytes emptied away.
 /// `VmRSS` and `RssAnon` series, and the bytes of log emptied along the way.
-type SamplerOut = (Vec<(f64, u64)>, Vec<(f64, u64)>, u64);
+pub(crate) type SamplerOut = (Vec<(f64, u64)>, Vec<(f64, u64)>, u64);
 
 /// Samples the daemon's VmRSS (and its anonymous part, RssAnon: heap, stacks, tables,
 /// as opposed to program text paged in on first use) once a second on a thread, and keeps its log file
 /// under [`LOG_CAP_BYTES`].
-struct RssSampler {
+pub(crate) struct RssSampler {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<SamplerOut>>,
 }
 
 impl RssSampler {
-    fn start(pid: u32, t0: Instant, log: PathBuf) -> RssSampler {
+    pub(crate) fn start(pid: u32, t0: Instant, log: PathBuf) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -342,7 +342,7 @@ impl RssSampler {
         RssSampler { stop, thread: Some(thread) }
     }
 
-    fn finish(mut self) -> SamplerOut {
+    pub(crate) fn finish(mut self) -> SamplerOut {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
@@ -562,7 +562,7 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     Ok(result)
 }
 
-fn round3(v: f64) -> f64 {
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
