@@ -29,16 +29,33 @@ struct Set {
     fp: [u8; WAYS],
     /// Stage, with bit 7 set for an IPv6 source.
     stage: [u8; WAYS],
+    /// Where the search for an eviction victim starts: it moves past each victim, so
+    /// attempts that tie (same stage, same second) leave in the order they came, and
+    /// the newest of a busy bucket is the last to go, not the next. In the first cache
+    /// line with the fields a victim is chosen by, so choosing never waits for the second.
+    hand: u8,
     door: [DoorId; WAYS],
     /// Second of the first knock (u32 seconds last until 2106).
     started: [u32; WAYS],
     /// Source addresses (IPv4 in the first four bytes).
     key: [[u8; 16]; WAYS],
-    /// Where the search for an eviction victim starts: it moves past each victim, so
-    /// attempts that tie (same stage, same second) leave in the order they came, and
-    /// the newest of a busy bucket is the last to go, not the next.
-    hand: u8,
 }
+
+/// For each position of a bucket's hand, each way's place in the search from the hand
+/// on, round the bucket (a table, so the hot path does no division).
+const AFTER_HAND: [[u8; WAYS]; WAYS] = {
+    let mut r = [[0; WAYS]; WAYS];
+    let mut h = 0;
+    while h < WAYS {
+        let mut w = 0;
+        while w < WAYS {
+            r[h][w] = ((w + WAYS - h) % WAYS) as u8;
+            w += 1;
+        }
+        h += 1;
+    }
+    r
+};
 
 /// Bytes one bucket takes.
 pub const BUCKET_BYTES: usize = std::mem::size_of::<Set>();
@@ -190,11 +207,20 @@ impl Tracker {
             None => {
                 // Full: the least advanced, oldest attempt goes, but never for a less
                 // advanced one; among equals, the first from the hand on.
-                let hand = usize::from(m.hand);
-                let w = (0..WAYS)
-                    .map(|i| (hand + i) % WAYS)
-                    .min_by_key(|&w| (m.stage[w] & !V6, m.started[w]))
-                    .expect("WAYS > 0");
+                // One packed key per way, compared as integers: stage, then second, then
+                // place after the hand.
+                let pos = &AFTER_HAND[usize::from(m.hand)];
+                let key = |w: usize| {
+                    u64::from(m.stage[w] & !V6) << 40 | u64::from(m.started[w]) << 8 | u64::from(pos[w])
+                };
+                let mut w = 0;
+                let mut best = key(0);
+                for i in 1..WAYS {
+                    let k = key(i);
+                    if k < best {
+                        (w, best) = (i, k);
+                    }
+                }
                 if m.stage[w] & !V6 > att.stage() {
                     self.stats.rejected += 1;
                     return Inserted::Rejected;
