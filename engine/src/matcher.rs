@@ -208,11 +208,6 @@ impl Matcher {
         &self.attempts
     }
 
-    /// The door table this matcher was built from or last reloaded with.
-    pub fn doors(&self) -> &Arc<Doors> {
-        &self.shared
-    }
-
     pub fn generation(&self) -> u64 {
         self.generation
     }

@@ -23,12 +23,41 @@ const BLOCKED: Duration = Duration::from_millis(1500);
 /// A TOML config: one door `ssh` (7000,8000,9000 SYNs) opening 22/tcp through
 /// `backend` for `secs` seconds, and `extra` doors.
 fn config(lab: &Lab, log: &Path, backend: &str, secs: u32, extra: &str) -> String {
+    let ssh = door("ssh", &["7000", "8000", "9000"], secs, &Opens::Native("22/tcp"));
+    config_with(lab, log, backend, &(ssh + extra))
+}
+
+/// A TOML config listening on the lab's server interface with `doors`, whose native
+/// grants go through `backend`.
+fn config_with(lab: &Lab, log: &Path, backend: &str, doors: &str) -> String {
     format!(
-        "[options]\nlog_file = \"{}\"\ninterface = \"{}\"\n\n[firewall]\nbackend = \"{backend}\"\n\n\
-         [[door]]\nname = \"ssh\"\nsequence = [\"7000\", \"8000\", \"9000\"]\nseq_timeout = 5\n\
-         tcp_flags = [\"syn\"]\nopen = [\"22/tcp\"]\ncmd_timeout = {secs}\n{extra}",
+        "[options]\nlog_file = \"{}\"\ninterface = \"{}\"\n\n[firewall]\nbackend = \"{backend}\"\n\n{doors}",
         log.display(),
         lab.server_if
+    )
+}
+
+/// How a door opens: through the config's native backend, or with knockd-style
+/// commands that insert (and delete) an iptables rule commented with the door's name.
+enum Opens {
+    Native(&'static str),
+    IptablesCommands,
+}
+
+/// A `[[door]]` section: `sequence` (SYNs), a grant of `secs` seconds, opened as `opens`.
+fn door(name: &str, sequence: &[&str], secs: u32, opens: &Opens) -> String {
+    let how = match opens {
+        Opens::Native(port) => format!("open = [\"{port}\"]\n"),
+        Opens::IptablesCommands => {
+            let rule = format!("INPUT -s %IP% -p tcp --dport 22 -m comment --comment {name} -j ACCEPT");
+            format!("start_command = \"/usr/sbin/iptables -I {rule}\"\nstop_command = \"/usr/sbin/iptables -D {rule}\"\n")
+        }
+    };
+    let sequence: Vec<String> = sequence.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[[door]]\nname = \"{name}\"\nsequence = [{}]\nseq_timeout = 5\ntcp_flags = [\"syn\"]\n\
+         cmd_timeout = {secs}\n{how}",
+        sequence.join(", ")
     )
 }
 
@@ -146,11 +175,7 @@ fn ufw_opens_in_a_private_ufw_and_restores_its_status_exactly() {
     let (conf, log) = (dir.join("s.toml"), dir.join("s.log"));
     std::fs::write(&conf, config(&lab, &log, "ufw", 4, "")).unwrap();
     // sesamed runs inside the jail, so its `ufw` is the jail's.
-    let prefix = jail.prefix();
-    let mut cmd = std::process::Command::new(&prefix[0]);
-    cmd.args(&prefix[1..]).arg(SESAMED).arg("-c").arg(&conf).arg("--state-dir").arg(dir.join("state"));
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-    let _daemon = sesame_lab::ChildGuard::spawn(&mut cmd).unwrap();
+    let _daemon = spawn_in_jail(&jail, &conf, &dir.join("state"), &dir.join("stderr"));
     let up = wait_until(START, || read(&log).contains("starting up"));
     assert!(up, "sesamed did not start: {}\n{}", read(&log), read(&dir.join("stderr")));
     assert!(!ssh_reachable(&lab.client, server(&lab), BLOCKED), "ufw denies 22");
@@ -195,32 +220,17 @@ fn restart_after_kill(tag: &str, backend: &str) {
     ssh_base_policy(&lab.server).unwrap();
     let (conf, log) = (dir.join("s.toml"), dir.join("s.log"));
     // `ssh` lasts 2 s (it expires while sesamed is dead), `long` 14 s.
-    let long = match backend {
-        "command" => "[[door]]\nname = \"long\"\nsequence = [\"7100\", \"7200\"]\nseq_timeout = 5\n\
-             tcp_flags = [\"syn\"]\ncmd_timeout = 14\n\
-             start_command = \"/usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -m comment --comment long -j ACCEPT\"\n\
-             stop_command = \"/usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -m comment --comment long -j ACCEPT\"\n"
-            .to_owned(),
-        _ => "[[door]]\nname = \"long\"\nsequence = [\"7100\", \"7200\"]\nseq_timeout = 5\n\
-              tcp_flags = [\"syn\"]\nopen = [\"22/tcp\"]\ncmd_timeout = 14\n"
-            .to_owned(),
-    };
-    let ssh_door = match backend {
-        "command" => config(&lab, &log, "iptables", 2, &long).replace(
-            "open = [\"22/tcp\"]\ncmd_timeout = 2\n",
-            "cmd_timeout = 2\n\
-             start_command = \"/usr/sbin/iptables -I INPUT -s %IP% -p tcp --dport 22 -m comment --comment ssh -j ACCEPT\"\n\
-             stop_command = \"/usr/sbin/iptables -D INPUT -s %IP% -p tcp --dport 22 -m comment --comment ssh -j ACCEPT\"\n",
-        ),
-        _ => config(&lab, &log, "iptables", 2, &long),
-    };
-    std::fs::write(&conf, ssh_door).unwrap();
+    let opens = if backend == "command" { Opens::IptablesCommands } else { Opens::Native("22/tcp") };
+    let doors =
+        door("ssh", &["7000", "8000", "9000"], 2, &opens) + &door("long", &["7100", "7200"], 14, &opens);
+    let text = config_with(&lab, &log, "iptables", &doors);
+    std::fs::write(&conf, text).unwrap();
     let daemon = Daemon::start(&lab.server, &[], &conf, &log, &lab.server_if);
     let count = |door: &str| {
         let rules = ruleset(&lab.server).unwrap();
         let marker =
             if backend == "command" { format!("--comment {door} ") } else { format!("door={door} ") };
-        rules.lines().filter(|l| l.contains(&marker) || l.contains(&marker.replace(' ', "\""))).count()
+        rules.lines().filter(|l| l.contains(&marker)).count()
     };
     knock(&lab.client, server(&lab), &["7000", "8000", "9000"]);
     knock(&lab.client, server(&lab), &["7100", "7200"]);
@@ -343,11 +353,10 @@ fn ufw_grants_are_reconciled_after_kill_9() {
     jail.ufw(&["delete", "allow", "9/udp"]).unwrap();
     let (conf, log, state) = (dir.join("s.toml"), dir.join("s.log"), dir.join("state"));
     // Another port: ufw holds one rule per address and port, whatever its comment.
-    let long = "[[door]]\nname = \"long\"\nsequence = [\"7100\", \"7200\"]\nseq_timeout = 5\n\
-                tcp_flags = [\"syn\"]\nopen = [\"2222/tcp\"]\ncmd_timeout = 14\n";
+    let long = door("long", &["7100", "7200"], 14, &Opens::Native("2222/tcp"));
     // ufw takes about half a second a call: `ssh` lasts 5 s, long enough to see both
     // grants open before the kill, and expires while sesamed is dead.
-    std::fs::write(&conf, config(&lab, &log, "ufw", 5, long)).unwrap();
+    std::fs::write(&conf, config(&lab, &log, "ufw", 5, &long)).unwrap();
     let client = lab.client_v4.to_string();
     let count = |door: &str| {
         let status = jail.ufw(&["status"]).unwrap();

@@ -27,7 +27,7 @@
 mod common;
 
 use common::*;
-use sesame_lab::{run, unique_name, wait_until, Lab, Netns, TempDir};
+use sesame_lab::{unique_name, wait_until, Lab, Netns, TempDir};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -74,6 +74,20 @@ fn probe_door(port: u16, out: &Path) -> String {
 // The daemon
 // ---------------------------------------------------------------------------------
 
+/// SIGHUP, then knocks the reloaded config's probe door (port 7010) from the client
+/// until it opens: from then on the worker that owns the client's address runs the new
+/// config.
+fn reload_until_probe_opens(lab: &Lab, daemon: &Daemon, probe: &Path) {
+    daemon.child.signal("HUP").unwrap();
+    assert!(wait_until(Duration::from_secs(5), || daemon.log().contains("re-reading config file")));
+    let server = IpAddr::V4(lab.server_v4);
+    let want = format!("probe {}", lab.client_v4);
+    let applied = knock_until(&lab.client, server, &["7010"], Instant::now(), Duration::from_secs(5), || {
+        has_line(probe, &want)
+    });
+    assert!(applied, "the reloaded config's probe door did not open within 5 s");
+}
+
 // ---------------------------------------------------------------------------------
 // Knocking and the network
 // ---------------------------------------------------------------------------------
@@ -82,21 +96,7 @@ fn probe_door(port: u16, out: &Path) -> String {
 /// host's), adds the addresses (IPv6 ones without DAD) and brings both ends up. It
 /// goes away with the namespaces.
 fn veth_pair(server: &Netns, server_if: &str, client: &Netns, client_if: &str, addrs: [&[&str]; 2]) {
-    run(Command::new("ip").args([
-        "link",
-        "add",
-        server_if,
-        "netns",
-        server.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        client_if,
-        "netns",
-        client.name(),
-    ]))
-    .expect("ip link add ... type veth");
+    sesame_lab::veth_pair(server, server_if, client, client_if).expect("ip link add ... type veth");
     for ((ns, ifname), addrs) in [(server, server_if), (client, client_if)].into_iter().zip(addrs) {
         configure(ns, ifname, addrs);
     }
@@ -665,13 +665,7 @@ fn doors_swapped_on_reload_keep_their_own_grants() {
     // The same two doors, in the other order (and a probe door after them).
     std::fs::write(&conf, format!("{}{door_b}{door_a}{}", options(&log, ""), probe_door(7010, &probe)))
         .unwrap();
-    daemon.child.signal("HUP").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || daemon.log().contains("re-reading config file")));
-    // The worker that owns the client's address runs the new config once the probe opens.
-    let applied = knock_until(&lab.client, server, &["7010"], Instant::now(), Duration::from_secs(5), || {
-        has_line(&probe, &format!("probe {ip}"))
-    });
-    assert!(applied, "the reloaded config's probe door did not open within 5 s");
+    reload_until_probe_opens(&lab, &daemon, &probe);
 
     let knocked_b = Instant::now();
     knock(&lab.client, server, &["7003", "7004"]);
@@ -720,12 +714,7 @@ fn a_grant_outlives_the_removal_of_its_door() {
     let door_c = grant_door("doorC", "7005,7006", 3, &out);
     std::fs::write(&conf, format!("{}{door_c}{door_b}{}", options(&log, ""), probe_door(7010, &probe)))
         .unwrap();
-    daemon.child.signal("HUP").unwrap();
-    assert!(wait_until(Duration::from_secs(5), || daemon.log().contains("re-reading config file")));
-    let applied = knock_until(&lab.client, server, &["7010"], Instant::now(), Duration::from_secs(5), || {
-        has_line(&probe, &format!("probe {ip}"))
-    });
-    assert!(applied, "the reloaded config's probe door did not open within 5 s");
+    reload_until_probe_opens(&lab, &daemon, &probe);
 
     // The grant still closes at its time, with the stop command it was opened with.
     let stop_a = seen_at(&out, &format!("stop doorA {ip}"), knocked_a, Duration::from_secs(6 + 8));

@@ -245,6 +245,15 @@ pub struct Lab {
     pub client_v6: Ipv6Addr,
 }
 
+/// Creates a veth pair, `a_if` in `a` and `b_if` in `b`, straight inside the
+/// namespaces, so nothing ever appears in the host's namespace, not even for a moment.
+/// It goes away with them.
+pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> io::Result<()> {
+    let args =
+        ["link", "add", a_if, "netns", a.name(), "type", "veth", "peer", "name", b_if, "netns", b.name()];
+    run(Command::new("ip").args(args)).map(drop)
+}
+
 impl Lab {
     /// Builds the two namespaces and the veth pair. `tag` (a few letters) names them.
     pub fn new(tag: &str) -> io::Result<Lab> {
@@ -252,22 +261,7 @@ impl Lab {
         let client = Netns::new(&format!("{tag}c"))?;
         let server_if = unique_name("ss");
         let client_if = unique_name("sc");
-        // Create the pair straight inside the namespaces, so nothing ever appears in
-        // the host's namespace, not even for a moment.
-        run(Command::new("ip").args([
-            "link",
-            "add",
-            &server_if,
-            "netns",
-            server.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &client_if,
-            "netns",
-            client.name(),
-        ]))?;
+        veth_pair(&server, &server_if, &client, &client_if)?;
         let n = (COUNTER.load(Ordering::Relaxed) % 250) as u8 + 1;
         let server_v4 = Ipv4Addr::new(198, 18, n, 1);
         let client_v4 = Ipv4Addr::new(198, 18, n, 2);
