@@ -436,18 +436,18 @@ pub struct GrantCheck {
     pub unknown_addresses: u64,
     /// Seconds the door's grants last.
     pub cmd_timeout_s: u32,
-    /// Close start minus (open finished + `cmd_timeout`), ms: the grant's time taken
-    /// from its open. sesamed's closes go through the same token bucket as opens (ahead
-    /// of them), so a close can queue behind other closes: closes fall due at the pace
-    /// the opens had, but the opens may have spent the bucket's burst. Never above
-    /// `margin_ms` (by default 1 s + (burst + concurrency) / rate).
+    /// Close start minus (open start + `cmd_timeout`), ms: sesamed times a grant from
+    /// the start of its open (knockd, from its start command), so this is never below
+    /// `-early_tolerance_ms`. Closes go through the same token bucket and concurrency
+    /// slots as opens (ahead of them), so a close can wait for a running operation or
+    /// queue behind other closes: closes fall due at the pace the opens started, but
+    /// the opens may have spent the bucket's burst. Never above `margin_ms` (by default
+    /// 1 s + (burst + concurrency) / rate).
     pub close_after_open_ms: Option<Spread>,
     pub margin_ms: f64,
     pub late: u64,
-    /// Close start minus (last knock sent + `cmd_timeout`), ms. sesamed times a grant
-    /// from when its executor took the knock (after the knock left the generator), so a
-    /// close never starts before this; an open that waited in the queue shortens the
-    /// grant instead of moving its end. Never below `-early_tolerance_ms`.
+    /// Close start minus (last knock sent + `cmd_timeout`), ms: at least the open's wait
+    /// in the queue, as the grant runs from its open. Never below `-early_tolerance_ms`.
     pub close_after_knock_ms: Option<Spread>,
     pub early_tolerance_ms: f64,
     pub early: u64,
@@ -533,8 +533,9 @@ pub fn check_grants(
             close.finished_ns as i128,
         );
         let after_knock = c_s - (knock + t_ns);
-        let after_open = c_s - (o_f + t_ns);
-        if after_knock < -(early_tolerance.as_nanos() as i128) || c_s < o_f {
+        let after_open = c_s - (o_s + t_ns);
+        let tolerance = early_tolerance.as_nanos() as i128;
+        if after_knock < -tolerance || after_open < -tolerance || c_s < o_f {
             c.early += 1;
         }
         if after_open > margin.as_nanos() as i128 {
@@ -1604,24 +1605,28 @@ mod tests {
         let c = [198, 19, 192, 3];
         let d = [198, 19, 192, 4];
         let e = [198, 19, 192, 5];
+        let f = [198, 19, 192, 6];
         let s = 1_000_000_000u64;
         let knocks: HashMap<IpAddr, u64> =
-            [a, b, c, d, e].into_iter().map(|ip| (IpAddr::V4(Ipv4Addr::from(ip)), 10 * s)).collect();
+            [a, b, c, d, e, f].into_iter().map(|ip| (IpAddr::V4(Ipv4Addr::from(ip)), 10 * s)).collect();
         let ops = vec![
-            // On time: knock at 10, grant 5 s, close at 15.02.
+            // On time: knock at 10, opened at 10.01 for 5 s, closed at 15.02.
             op(10.01, 10.02, Op::Open, a),
             op(15.02, 15.03, Op::Close, a),
-            // Its open waited 6 s, past the grant's end: the close follows the open.
+            // Its open waited 6 s in the queue; the grant still lasts 5 s from it.
             op(16.0, 16.01, Op::Open, b),
-            op(16.05, 16.06, Op::Close, b),
+            op(21.01, 21.02, Op::Close, b),
             // Early: before the knock's time was up.
             op(10.01, 10.02, Op::Open, c),
             op(14.0, 14.01, Op::Close, c),
             // Never closed.
             op(10.01, 10.02, Op::Open, d),
-            // Late: 1.48 s after its open's time, more than the margin.
+            // Late: 1.49 s after its time (from the open), more than the margin.
             op(10.01, 10.02, Op::Open, e),
             op(16.5, 16.51, Op::Close, e),
+            // Early: after the knock's time, but 1 s before the open's.
+            op(12.0, 12.01, Op::Open, f),
+            op(16.0, 16.01, Op::Close, f),
         ];
         let g = check_grants(
             &ops,
@@ -1630,16 +1635,16 @@ mod tests {
             Duration::from_secs(1),
             Duration::from_millis(100),
         );
-        assert_eq!(g.accepted, 5);
-        assert_eq!(g.open_then_close, 4);
-        assert_eq!(g.short_grants, 1, "b waited for nearly all of its time");
-        assert_eq!((g.irregular, g.early, g.late), (1, 1, 1));
+        assert_eq!(g.accepted, 6);
+        assert_eq!(g.open_then_close, 5);
+        assert_eq!(g.short_grants, 0);
+        assert_eq!((g.irregular, g.early, g.late), (1, 2, 1));
         assert!(g.irregular_examples[0].starts_with("198.19.192.4: Open Ok"), "{g:?}");
         assert!(!g.ok);
         let k = g.close_after_knock_ms.as_ref().unwrap();
-        assert!((k.min + 1000.0).abs() < 1e-3 && (k.max - 1500.0).abs() < 1e-3, "{k:?}");
+        assert!((k.min + 1000.0).abs() < 1e-3 && (k.max - 6010.0).abs() < 1e-3, "{k:?}");
         let o = g.close_after_open_ms.as_ref().unwrap();
-        assert!((o.min + 4960.0).abs() < 1e-3 && (o.max - 1480.0).abs() < 1e-3, "{o:?}");
+        assert!((o.min + 1010.0).abs() < 1e-3 && (o.max - 1490.0).abs() < 1e-3, "{o:?}");
         let ok = check_grants(
             &ops[..4],
             &knocks,
@@ -1648,10 +1653,9 @@ mod tests {
             Duration::from_millis(100),
         );
         assert!(ok.ok, "{ok:?}");
-        // b's grant was short: its open waited, its end stayed where the knock put it.
         let vs = ok.close_after_open_ms.unwrap();
-        assert!((vs.min + 4960.0).abs() < 1e-3, "{vs:?}");
-        assert!((ok.close_after_knock_ms.unwrap().max - 1050.0).abs() < 1e-3);
+        assert!((vs.min - 10.0).abs() < 1e-3 && (vs.max - 10.0).abs() < 1e-3, "{vs:?}");
+        assert!((ok.open_wait_ms.unwrap().max - 6000.0).abs() < 1e-3);
     }
 
     #[test]

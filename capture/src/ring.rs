@@ -46,7 +46,9 @@ pub struct RingConfig {
     pub frame_size: u32,
     /// `tp_retire_blk_tov`: a block that is not full is handed over after this many
     /// milliseconds if it holds a packet. 0 lets the kernel pick from the link speed.
-    /// Default 10.
+    /// Default 1: a knock waits at most this long in a block before the worker can see
+    /// it (the firewall's knock-to-open latency starts here). The kernel's timer runs
+    /// this often whatever the traffic, which costs next to nothing.
     pub block_timeout_ms: u32,
     /// Join a fanout group, to spread the interface's packets over several rings.
     pub fanout: Option<Fanout>,
@@ -61,7 +63,7 @@ impl Default for RingConfig {
             block_size: 1 << 20,
             block_count: 8,
             frame_size: 2048,
-            block_timeout_ms: 10,
+            block_timeout_ms: 1,
             fanout: None,
             link: Link::Ethernet,
         }

@@ -140,6 +140,14 @@ pub trait Backend: Send + Sync + 'static {
     /// `access.timeout` from now (where the backend keeps time).
     fn open(&self, access: &Access) -> Result<(), BackendError>;
 
+    /// Whether the backend ends a grant at its timeout by itself (nftables: in the
+    /// kernel), so that a grant it holds closes on time even if sesamed dies before
+    /// the journal has it. Such opens need not wait for the journal (it is still
+    /// durable before the open is reported).
+    fn expires_itself(&self) -> bool {
+        false
+    }
+
     /// Closes what `open` opened for (door, addr). Closing a grant that is not there
     /// succeeds.
     fn close(&self, access: &Access) -> Result<(), BackendError>;

@@ -26,7 +26,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -386,13 +386,7 @@ impl Executor {
         // Knocks (at most `queue`), results (one per operation: at most `concurrency`
         // holding a slot plus as many stuck) and the shutdown word all fit.
         let (tx, rx) = bounded(config.queue + 2 * config.concurrency + 8);
-        let pool = Pool {
-            runner: Arc::new(runner),
-            done: tx.clone(),
-            journal: journal_tx,
-            timeout: config.command_timeout,
-            counters: counters.clone(),
-        };
+        let pool = Pool::new(runner, tx.clone(), journal_tx, &config, counters.clone());
         let looper =
             Looper { scheduler, rx, pool, reports, offer: offer.clone(), counters: counters.clone() };
         let scheduler = std::thread::Builder::new()
@@ -500,18 +494,61 @@ fn validate(c: &ExecutorConfig) -> Result<(), ExecutorError> {
     Ok(())
 }
 
-/// Runs jobs, each on a thread of its own.
+/// Runs jobs on threads that are kept, not started per operation: nothing is spawned
+/// on a grant's path, and the threads (with their allocator arenas) are a fixed set.
+/// A job goes to an idle thread, or to a new one when every thread is busy, so a hung
+/// operation never holds up another. The scheduler bounds what is in flight (at most
+/// `concurrency` holding a slot, and as many stuck past `command_timeout`), and with
+/// it the threads: a thread is only added while all others are taken.
 struct Pool<R> {
     runner: Arc<R>,
     done: Sender<Msg>,
     journal: Option<Sender<journal::Write>>,
     timeout: Duration,
     counters: Arc<Counters>,
+    /// Jobs for the threads: never more than the threads not yet idle, so bounded by
+    /// what the scheduler keeps in flight; full means that bound broke (a bug), and
+    /// the job fails as if no thread could start.
+    jobs: Sender<Started>,
+    jobs_rx: Receiver<Started>,
+    /// Threads waiting for a job and not yet promised one.
+    idle: Arc<AtomicUsize>,
+    threads: usize,
+}
+
+/// A job whose journal record (if any) is on its way.
+struct Started {
+    id: u64,
+    task: Task,
+    ack: Option<Receiver<Result<(), String>>>,
+    /// The backend ends the grant by itself: run it while the record is written.
+    early: bool,
 }
 
 impl<R: CommandRunner> Pool<R> {
+    fn new(
+        runner: R,
+        done: Sender<Msg>,
+        journal: Option<Sender<journal::Write>>,
+        config: &ExecutorConfig,
+        counters: Arc<Counters>,
+    ) -> Pool<R> {
+        let (jobs, jobs_rx) = bounded(2 * config.concurrency + 2);
+        Pool {
+            runner: Arc::new(runner),
+            done,
+            journal,
+            timeout: config.command_timeout,
+            counters,
+            jobs,
+            jobs_rx,
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: 0,
+        }
+    }
+
     /// Starts `job`; `Err` carries its result if it could not start.
-    fn run(&self, job: Job) -> Result<(), (u64, JobResult)> {
+    fn run(&mut self, job: Job) -> Result<(), (u64, JobResult)> {
         let Job { id, task, journal } = job;
         // Queue the journal record here, in the order the scheduler asked: a later
         // record for the same grant (its close) is queued only after this one.
@@ -528,35 +565,68 @@ impl<R: CommandRunner> Pool<R> {
             }
             _ => None,
         };
+        let early = matches!(&task, Task::Open(b, _) if b.expires_itself());
+        // Promise the job to an idle thread, or start one.
+        if self.idle.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1)).is_err() {
+            self.spawn().map_err(|e| (id, JobResult::SpawnFailed(format!("cannot start a thread: {e}"))))?;
+        }
+        self.jobs
+            .try_send(Started { id, task, ack, early })
+            .map_err(|_| (id, JobResult::SpawnFailed("every operation thread is taken".into())))
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
         let (runner, done, timeout) = (self.runner.clone(), self.done.clone(), self.timeout);
-        std::thread::Builder::new()
-            .name("sesame-op".into())
-            .spawn(move || {
-                let result = match ack.map(|a| a.recv_timeout(timeout)) {
-                    None | Some(Ok(Ok(()))) => perform(&*runner, task, timeout),
-                    Some(Ok(Err(e))) => JobResult::JournalFailed(e),
-                    Some(Err(_)) => {
-                        JobResult::JournalFailed(format!("no answer from the journal in {timeout:?}"))
-                    }
-                };
-                let _ = done.send(Msg::Done { id, result });
-            })
-            .map(|_| ())
-            .map_err(|e| (id, JobResult::SpawnFailed(format!("cannot start a thread: {e}"))))
+        let (jobs, idle) = (self.jobs_rx.clone(), self.idle.clone());
+        std::thread::Builder::new().name(format!("sesame-op{}", self.threads)).spawn(move || {
+            // Ends when the pool is gone (the scheduler thread ended).
+            while let Ok(job) = jobs.recv() {
+                let result = job.perform(&*runner, timeout);
+                // Idle before the scheduler hears of it, so the job it starts next
+                // finds this thread instead of starting another.
+                idle.fetch_add(1, Relaxed);
+                if done.send(Msg::Done { id: job.id, result }).is_err() {
+                    return;
+                }
+            }
+        })?;
+        self.threads += 1;
+        Ok(())
     }
 }
 
-fn perform(runner: &dyn CommandRunner, task: Task, timeout: Duration) -> JobResult {
+impl Started {
+    fn perform(&self, runner: &dyn CommandRunner, timeout: Duration) -> JobResult {
+        let journaled = || match self.ack.as_ref().map(|a| a.recv_timeout(timeout)) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(JobResult::JournalFailed(e)),
+            Some(Err(_)) => {
+                Err(JobResult::JournalFailed(format!("no answer from the journal in {timeout:?}")))
+            }
+        };
+        if self.early {
+            let result = perform(runner, &self.task, timeout);
+            journaled().err().unwrap_or(result)
+        } else {
+            match journaled() {
+                Ok(()) => perform(runner, &self.task, timeout),
+                Err(failed) => failed,
+            }
+        }
+    }
+}
+
+fn perform(runner: &dyn CommandRunner, task: &Task, timeout: Duration) -> JobResult {
     match task {
-        Task::Command(command) => match runner.run(&command, timeout) {
+        Task::Command(command) => match runner.run(command, timeout) {
             Ok(outcome) => JobResult::Command(outcome),
             Err(e) => JobResult::SpawnFailed(e.to_string()),
         },
-        Task::Open(backend, access) => match backend.open(&access) {
+        Task::Open(backend, access) => match backend.open(access) {
             Ok(()) => JobResult::Backend,
             Err(e) => JobResult::BackendFailed(e.to_string()),
         },
-        Task::Close(backend, access) => match backend.close(&access) {
+        Task::Close(backend, access) => match backend.close(access) {
             Ok(()) => JobResult::Backend,
             Err(e) => JobResult::BackendFailed(e.to_string()),
         },
@@ -662,6 +732,8 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder {
         ran: Arc<Mutex<Vec<String>>>,
+        /// The threads that ran them.
+        threads: Arc<Mutex<std::collections::BTreeSet<String>>>,
         gate: Option<Receiver<()>>,
         started: Option<Sender<()>>,
     }
@@ -669,6 +741,9 @@ mod tests {
     impl CommandRunner for Recorder {
         fn run(&self, command: &str, timeout: Duration) -> std::io::Result<Outcome> {
             self.ran.lock().unwrap().push(command.to_owned());
+            let me = std::thread::current();
+            let thread = format!("{} {:?}", me.name().unwrap_or("?"), me.id());
+            self.threads.lock().unwrap().insert(thread);
             if command.starts_with("gate") {
                 if let Some(s) = &self.started {
                     let _ = s.send(());
@@ -828,6 +903,26 @@ mod tests {
         wait_for(|| h.stats().opened == 5);
         ex.shutdown();
         assert_eq!(h.open(knock(7)), Err(Refusal::ShuttingDown));
+    }
+
+    #[test]
+    fn operations_run_on_kept_threads_never_more_than_in_flight() {
+        let rec = Recorder::default();
+        let (tx, _rx) = unbounded::<Report>();
+        let ex =
+            Executor::start(ExecutorConfig { concurrency: 3, ..config() }, rec.clone(), &no_backends, tx)
+                .unwrap();
+        for n in 0..60u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(198, 18, 2, n));
+            let action = Action::Commands { start: Some("go %IP%".into()), stop: None };
+            ex.open(GrantRequest { door_name: "d".into(), ip, action, timeout: Duration::from_secs(1) })
+                .unwrap();
+        }
+        wait_for(|| rec.ran().len() == 60 && ex.stats().running == 0);
+        ex.shutdown();
+        let threads = rec.threads.lock().unwrap().clone();
+        assert!((1..=3).contains(&threads.len()), "{threads:?}");
+        assert!(threads.iter().all(|t| t.starts_with("sesame-op")), "{threads:?}");
     }
 
     /// A backend that records calls; `block` makes `open` wait until told.

@@ -116,6 +116,8 @@ enum Need {
 
 struct Slot {
     kind: Kind,
+    /// How long the grant lasts once its open starts (the last knock's `cmd_timeout`).
+    duration: Duration,
     /// The kind a knock during a running close brings: used for the open after it.
     next_kind: Option<Kind>,
     want: Want,
@@ -236,7 +238,9 @@ pub(crate) enum JobResult {
     Command(Outcome),
     SpawnFailed(String),
     BackendFailed(String),
-    /// The grant could not be journaled, so it was not opened.
+    /// The grant could not be journaled, so it was not opened (or, with a backend that
+    /// [expires grants itself](crate::backend::Backend::expires_itself), it was and
+    /// ends at its timeout without sesamed).
     JournalFailed(String),
     Backend,
 }
@@ -326,6 +330,7 @@ impl Scheduler {
         };
         let slot = Slot {
             kind,
+            duration: left.unwrap_or_default(),
             next_kind: None,
             want,
             have: Have::Open,
@@ -403,6 +408,7 @@ impl Scheduler {
                 key.clone(),
                 Slot {
                     kind,
+                    duration: timeout,
                     next_kind: None,
                     want: Want::Open { until, wall },
                     have: Have::Closed,
@@ -425,6 +431,7 @@ impl Scheduler {
         };
         // A knock tries a failed open again.
         slot.open_given_up = false;
+        slot.duration = timeout;
         if slot.have == Have::Closed && slot.busy.is_none() {
             slot.kind = kind;
         } else {
@@ -684,6 +691,18 @@ impl Scheduler {
                 let slot = self.slots.get_mut(&key).expect("dispatched slot exists");
                 let need = slot.need().expect("dispatched slot needs work");
                 slot.busy = Some(id);
+                // A grant runs for its whole time from its open, as knockd's does from
+                // its start command: an open that waited behind the rate limit neither
+                // shortens the access nor makes its close fall due at the knocks' pace,
+                // which may be faster than the firewall's (closes would queue, late).
+                if let (Need::Open, Want::Open { until, .. }) = (need, slot.want) {
+                    let (from_now, wall) = (now.mono + slot.duration, now.wall + slot.duration);
+                    if from_now > until {
+                        self.deadlines.remove(&(until, key.clone()));
+                        self.deadlines.insert((from_now, key.clone()));
+                        slot.want = Want::Open { until: from_now, wall };
+                    }
+                }
                 let (door_name, ip) = (key.0.clone(), key.1);
                 let (until, wall) = match slot.want {
                     Want::Open { until, wall } => (Some(until), Some(wall)),
@@ -1277,6 +1296,39 @@ mod tests {
     }
 
     #[test]
+    fn grants_run_their_whole_time_from_the_open_and_closes_keep_pace_with_slow_operations() {
+        // Operations take 1 s, one at a time: the firewall manages 1/s while knocks come
+        // at 2/s. Each grant that opens lasts its 5 s from its open, and its close starts
+        // then, or once the operation running at that moment ends; the opens that waited
+        // past their whole time are refused, not run.
+        let mut sim = Sim::new(Limits { concurrency: 1, ..limits() }, ok_after(S));
+        for i in 0..20u32 {
+            sim.run_to(500 * MS * i);
+            sim.knock(native("ssh", ip(i), 5 * S));
+        }
+        sim.run_to(60 * S);
+        let (mut opened, mut closed) = (0, 0);
+        for i in 0..20u32 {
+            let open = sim.started(&format!("fake open {} 5s", ip(i)));
+            let close = sim.started(&format!("fake close {}", ip(i)));
+            match (&open[..], &close[..]) {
+                ([], []) => {}
+                ([o], [c]) => {
+                    opened += 1;
+                    closed += 1;
+                    assert!(*c >= *o + 5 * S && *c <= *o + 6 * S, "{}: open {o:?}, close {c:?}", ip(i));
+                }
+                other => panic!("{}: {other:?}", ip(i)),
+            }
+        }
+        let refused = sim.reported(|r| matches!(r, Report::Refused { reason: Refusal::Expired, .. })).len();
+        assert!(opened >= 5, "{opened} opened");
+        assert_eq!(opened + refused, 20, "{opened} opened, {refused} refused");
+        assert_eq!(closed, opened);
+        assert_eq!(sim.counters.pending.load(Relaxed), 0);
+    }
+
+    #[test]
     fn never_more_than_concurrency_at_once() {
         let l = Limits { concurrency: 4, ..limits() };
         let mut sim = Sim::new(l, ok_after(100 * MS));
@@ -1357,7 +1409,7 @@ mod tests {
         sim.run_to(30 * S);
         assert_eq!(sim.labels(), ["open", "close", "open", "close"]);
         assert_eq!(sim.ops[2].start - sim.t0, 3 * S, "reopened right after the close");
-        assert_eq!(sim.ops[3].start - sim.t0, S + 500 * MS + 10 * S);
+        assert_eq!(sim.ops[3].start - sim.t0, 13 * S, "10 s from the open, not from the knock");
     }
 
     #[test]
@@ -1404,11 +1456,11 @@ mod tests {
         let mut sim = Sim::new(limits(), script);
         sim.knock(native("ssh", IP, 30 * S));
         sim.run_to(10 * S);
-        // Tries at 0, then 500 ms after the first ended, then 1 s after the second, each
-        // asking for what is left of the grant's time.
-        assert_eq!(sim.started("fake open 198.18.0.2 30s"), [Duration::ZERO]);
-        assert_eq!(sim.started("fake open 198.18.0.2 29s"), [510 * MS]);
-        assert_eq!(sim.started("fake open 198.18.0.2 28s"), [1520 * MS]);
+        // Tries at 0, then 500 ms after the first ended, then 1 s after the second; the
+        // grant runs its whole time from the try that worked.
+        assert_eq!(sim.started("fake open 198.18.0.2 30s"), [Duration::ZERO, 510 * MS, 1520 * MS]);
+        sim.run_to(60 * S);
+        assert_eq!(sim.started("fake close 198.18.0.2"), [31520 * MS]);
         assert_eq!(sim.reported(|r| matches!(r, Report::BackendFailed { .. })).len(), 2);
         assert_eq!(sim.reported(|r| matches!(r, Report::Retrying { .. })).len(), 2);
         assert_eq!(sim.counters.retried.load(Relaxed), 2);
@@ -1430,7 +1482,8 @@ mod tests {
         sim.run_to(60 * S);
         let opens = sim.labels().iter().filter(|l| l.starts_with("fake open")).count();
         assert_eq!(opens as u32, TRIES, "{:?}", sim.labels());
-        assert_eq!(sim.started("fake close 198.18.0.2"), [30 * S], "a half-done open is cleaned up on time");
+        // The last try started at 1.502 s: a half-done open is cleaned up at its time.
+        assert_eq!(sim.started("fake close 198.18.0.2"), [31502 * MS]);
         let gave_up = sim.reported(|r| matches!(r, Report::GaveUp { .. }));
         assert!(
             matches!(gave_up[..], [(_, Report::GaveUp { op: OpKind::Open, attempts: TRIES, .. })]),
@@ -1473,8 +1526,8 @@ mod tests {
         sim.run_to(S);
         sim.knock(native("b", IP2, 60 * S));
         sim.run_to(10 * S);
-        // Knocked at 1 s for 60 s, opened at 2 s: the backend is told 59 s are left.
-        assert_eq!(sim.started("fake open 198.18.0.3 59s"), [2 * S], "b waits for the timeout, no longer");
+        // Knocked at 1 s for 60 s, opened at 2 s: the grant runs 60 s from its open.
+        assert_eq!(sim.started("fake open 198.18.0.3 60s"), [2 * S], "b waits for the timeout, no longer");
         let t = sim.reported(|r| matches!(r, Report::BackendTimedOut { backend: "hung", .. }));
         assert_eq!(t.len(), 1);
         assert_eq!(sim.counters.timed_out.load(Relaxed), 1);

@@ -4,8 +4,8 @@
 //!
 //! The budget pays for the rings first (one per worker per interface; their size is
 //! fixed by the kernel interface), the rest is split between the workers' attempt
-//! tables. Unless set, ring sizes follow the budget: 8 blocks of 1 MiB per ring
-//! (plenty for a 10 GbE flood of knock-sized frames) when the budget holds them and a
+//! tables. Unless set, ring sizes follow the budget: 64 blocks of 128 KiB per ring
+//! (8 MiB: plenty for a 10 GbE flood of knock-sized frames) when the budget holds them and a
 //! minimal table per worker, smaller when many workers or interfaces share it, down
 //! to 256 KiB. An unset budget is 64 MiB, raised as far as
 //! the workers need; a budget that is set and too small is an error naming it.
@@ -14,12 +14,18 @@ use super::Settings;
 use crate::config::{Tuning, DEFAULT_MEMORY_MIB};
 use std::path::Path;
 
-/// The largest ring chosen on its own: 8 blocks of 1 MiB.
+/// The largest ring chosen on its own: 64 blocks of 128 KiB.
 const DEFAULT_RING: u64 = 8 << 20;
 /// The smallest ring chosen on its own: 4 blocks of 64 KiB.
 const MIN_RING: u64 = 256 << 10;
-/// The largest block chosen on its own.
-const MAX_BLOCK: u64 = 1 << 20;
+/// The largest block chosen on its own. The kernel hands a block over 1 ms after its
+/// first packet ([`RingConfig::block_timeout_ms`]), full or not, for a low knock
+/// latency; many small blocks keep the ring deep in time at any packet rate: 64
+/// blocks last at least 64 ms of a stalled worker, and about 1,000 knock-sized frames
+/// fill one.
+///
+/// [`RingConfig::block_timeout_ms`]: sesame_capture::ring::RingConfig::block_timeout_ms
+const MAX_BLOCK: u64 = 128 << 10;
 /// Blocks in the smallest rings: with fewer, one block held by the worker is too much
 /// of the ring.
 const MIN_BLOCKS: u64 = 4;
@@ -101,10 +107,10 @@ impl Sizing {
         let rings = (workers * interfaces) as u64;
         let explicit_ring = t.ring_block_size.is_some() || t.ring_block_count.is_some();
         let ring = if explicit_ring {
-            RingSize {
-                block_size: t.ring_block_size.unwrap_or(MAX_BLOCK as u32),
-                block_count: t.ring_block_count.unwrap_or((DEFAULT_RING / MAX_BLOCK) as u32),
-            }
+            // The one not set makes the default 8 MiB ring with the one that is.
+            let block_size = t.ring_block_size.unwrap_or(MAX_BLOCK as u32);
+            let count = (DEFAULT_RING / u64::from(block_size.max(1))).max(MIN_BLOCKS);
+            RingSize { block_size, block_count: t.ring_block_count.unwrap_or(count as u32) }
         } else {
             // Rings first, as large as the budget allows once every table has its
             // minimum, a power of two each, within bounds.
@@ -182,7 +188,7 @@ mod tests {
     #[test]
     fn two_workers_keep_the_measured_defaults() {
         let z = Sizing::new(&Tuning::default(), &settings(None, None), 1, 2).unwrap();
-        assert_eq!(z.ring, RingSize { block_size: 1 << 20, block_count: 8 });
+        assert_eq!(z.ring, RingSize { block_size: 128 << 10, block_count: 64 });
         // 64 MiB less 2 x 8 MiB of rings, split over 2 workers.
         assert_eq!((z.workers, z.table, z.memory, z.raised), (2, 24 << 20, 64 << 20, false));
         assert_eq!(z.log_rate, 100);
@@ -215,7 +221,7 @@ mod tests {
     fn a_small_budget_keeps_full_rings_while_the_tables_keep_their_minimum() {
         // One worker in 9 MiB: the 8 MiB ring and a 1 MiB table.
         let z = Sizing::new(&Tuning::default(), &settings(Some(1), Some(9)), 1, 2).unwrap();
-        assert_eq!((z.ring, z.table), (RingSize { block_size: 1 << 20, block_count: 8 }, 1 << 20));
+        assert_eq!((z.ring, z.table), (RingSize { block_size: 128 << 10, block_count: 64 }, 1 << 20));
         let z = Sizing::new(&Tuning::default(), &settings(Some(1), Some(8)), 1, 2).unwrap();
         assert_eq!((z.ring.bytes(), z.table), (4 << 20, 4 << 20));
     }
@@ -223,8 +229,8 @@ mod tests {
     #[test]
     fn sixteen_workers_share_the_default_budget() {
         let z = Sizing::new(&Tuning::default(), &settings(Some(16), None), 1, 2).unwrap();
-        // 16 x 8 MiB of rings do not fit: 2 MiB each, blocks of 512 KiB.
-        assert_eq!(z.ring, RingSize { block_size: 512 << 10, block_count: 4 });
+        // 16 x 8 MiB of rings do not fit: 2 MiB each.
+        assert_eq!(z.ring, RingSize { block_size: 128 << 10, block_count: 16 });
         assert_eq!(z.table, 2 << 20);
         let z = Sizing::new(&Tuning::default(), &settings(Some(64), None), 2, 2).unwrap();
         assert_eq!(z.ring, RingSize { block_size: 64 << 10, block_count: 4 });

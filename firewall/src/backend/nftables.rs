@@ -551,6 +551,11 @@ impl Backend for NftablesBackend {
         BACKEND
     }
 
+    /// Every element carries its timeout: the kernel removes it on time, sesamed or not.
+    fn expires_itself(&self) -> bool {
+        true
+    }
+
     fn check(&self) -> Result<(), BackendError> {
         self.run_nft("check", &["list", "tables"], "").map_err(|e| match e {
             BackendError::Failed { detail, .. } => BackendError::Unavailable {
