@@ -1214,7 +1214,7 @@ pub fn load_summary(r: &LoadResult) -> String {
     s.push_str(&format!(
         "concurrency: at most {} at once (limit {}){}\n\
          grants: {} of {} accepted opened once and closed once{}\n\
-         \x20 close start minus (open finished + cmd_timeout): {} ({} later than the margin {} ms)\n\
+         \x20 close start minus (open start + cmd_timeout): {} ({} later than the margin {} ms)\n\
          \x20 close start minus (last knock + cmd_timeout): {} ({} earlier than -{} ms)\n\
          \x20 wait from last knock to open: {}\n\
          \x20 access in place (open finished to close finished): {}; {} grants under a tenth of cmd_timeout\n\

@@ -26,7 +26,12 @@ impl TokenBucket {
 
     /// Takes a token if one is there at `now`.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        if now < self.ready_at() {
+        self.try_take_leaving(now, 0)
+    }
+
+    /// Takes a token if one is there at `now` with `reserve` more left behind it.
+    pub fn try_take_leaving(&mut self, now: Instant, reserve: u32) -> bool {
+        if now < self.ready_at_leaving(reserve) {
             return false;
         }
         self.tat = self.tat.max(now) + self.interval;
@@ -35,7 +40,13 @@ impl TokenBucket {
 
     /// When the next token is there (`<= now` if it is already).
     pub fn ready_at(&self) -> Instant {
-        self.tat.checked_sub(self.tolerance).unwrap_or(self.tat)
+        self.ready_at_leaving(0)
+    }
+
+    /// When a token is there with `reserve` more behind it.
+    pub fn ready_at_leaving(&self, reserve: u32) -> Instant {
+        let early = self.tolerance.saturating_sub(self.interval * reserve);
+        self.tat.checked_sub(early).unwrap_or(self.tat)
     }
 }
 
@@ -83,6 +94,17 @@ pub(crate) mod tests {
         // 20 at once, then one every 10 ms: 20 + 999 (the last at 9.99 s).
         assert_eq!(times.len(), 20 + 999);
         assert_within_limits(&times, rate, burst);
+    }
+
+    #[test]
+    fn a_reserve_stays_for_others() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 6, t0);
+        // Three of six may go while three stay behind; the rest is the others'.
+        assert_eq!((0..10).filter(|_| b.try_take_leaving(t0, 3)).count(), 3);
+        assert_eq!(b.ready_at_leaving(3), t0 + Duration::from_millis(100));
+        assert_eq!((0..10).filter(|_| b.try_take(t0)).count(), 3);
+        assert!(!b.try_take(t0));
     }
 
     #[test]

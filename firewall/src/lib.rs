@@ -8,6 +8,8 @@
 //!   retries, reconciliation) as a state machine with time passed in, tested without
 //!   threads or sleeping.
 //! - [`bucket`]: the token bucket that limits firewall operations.
+//! - `pace` (private): the firewall's measured speed, which spaces new grants so that
+//!   their closes keep up.
 //! - [`journal`]: the grant journal under the state directory.
 //! - [`runner`]: running a command line (`/bin/sh -c`, in its own process group).
 //! - [`backend`]: the `Backend` trait every firewall backend implements.
@@ -17,6 +19,7 @@ pub mod backend;
 pub mod bucket;
 pub mod executor;
 pub mod journal;
+mod pace;
 pub mod runner;
 mod scheduler;
 

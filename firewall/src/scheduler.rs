@@ -18,6 +18,7 @@ use crate::backend::{Access, Backend, Port};
 use crate::bucket::TokenBucket;
 use crate::executor::{Action, Counters, GrantRequest, OpKind, OpResult, Refusal, Report};
 use crate::journal::{CloseBy, Entry, Record};
+use crate::pace::Pace;
 use crate::runner::Outcome;
 use crate::substitute;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -195,6 +196,7 @@ struct Flight {
     ip: IpAddr,
     op: OpKind,
     started: SystemTime,
+    since: Instant,
     /// The command it runs, or the backend it calls.
     what: What,
     /// Native calls cannot be killed: past this their concurrency slot is given back.
@@ -263,6 +265,10 @@ pub(crate) struct Scheduler {
     limits: Limits,
     counters: Arc<Counters>,
     bucket: TokenBucket,
+    /// The firewall's measured cost per operation, which bounds the grants open at once.
+    pace: Pace,
+    /// Opens running (counted with the open grants against that bound).
+    opening: usize,
     slots: HashMap<Key, Slot>,
     internal: VecDeque<Work>,
     /// New knocks; each entry holds one unit of the handles' admission count.
@@ -291,6 +297,8 @@ impl Scheduler {
             limits,
             counters,
             bucket: TokenBucket::new(limits.rate, limits.burst, now.mono),
+            pace: Pace::new(),
+            opening: 0,
             slots: HashMap::new(),
             internal: VecDeque::new(),
             fresh: VecDeque::new(),
@@ -604,8 +612,13 @@ impl Scheduler {
             }
             let f = self.flights.get_mut(&id).expect("due flight exists");
             f.released = true;
+            // A stuck open no longer counts against the open grants' bound either.
+            if matches!(f.purpose, Purpose::Grant { need: Need::Open, .. }) {
+                self.opening -= 1;
+            }
             self.stuck += 1;
             self.running -= 1;
+            self.pace.running(self.running, now.mono);
             self.counters.timed_out.fetch_add(1, Relaxed);
             let (door_name, ip, op, started) = (f.door_name.clone(), f.ip, f.op, f.started);
             let backend = f.what.backend();
@@ -623,6 +636,22 @@ impl Scheduler {
         }
     }
 
+    /// Whether the next new grant must wait: the open grants (and opens running) are
+    /// as many as the firewall can close in [`CLOSE_ALL_WITHIN`](crate::pace::CLOSE_ALL_WITHIN).
+    fn fresh_held(&self) -> bool {
+        let opens = matches!(self.fresh.front(), Some(Work::Grant(key))
+            if self.slots.get(key).and_then(Slot::need) == Some(Need::Open));
+        let open = self.counters.open_grants.load(Relaxed) as usize + self.opening;
+        opens && open >= self.pace.most_open(self.limits.concurrency)
+    }
+
+    /// Tokens a new grant leaves in the bucket for the closes: every open brings a
+    /// close, and a run of opens that took the whole burst would fall due as a run of
+    /// closes with no burst left to start them on time.
+    fn reserve(&self) -> u32 {
+        self.limits.burst / 2
+    }
+
     fn dispatch(&mut self, now: Now) {
         let stops = self.shutting_stops();
         while self.running < self.limits.concurrency {
@@ -637,7 +666,10 @@ impl Scheduler {
                     .get(key)
                     .is_some_and(|s| s.busy.is_none() && s.retry_at.is_none() && s.need().is_some()),
             };
-            if live && (stops || !self.bucket.try_take(now.mono)) {
+            let reserve = if internal { 0 } else { self.reserve() };
+            if live
+                && (stops || (!internal && self.fresh_held()) || !self.bucket.try_take_leaving(now.mono, reserve))
+            {
                 break;
             }
             let work = self.pop(internal);
@@ -680,6 +712,7 @@ impl Scheduler {
                     ip: o.ip,
                     op: OpKind::Open,
                     started: now.wall,
+                    since: now.mono,
                     what: What::Command(o.command.clone()),
                     release_at: None,
                     released: false,
@@ -691,6 +724,9 @@ impl Scheduler {
                 let slot = self.slots.get_mut(&key).expect("dispatched slot exists");
                 let need = slot.need().expect("dispatched slot needs work");
                 slot.busy = Some(id);
+                if need == Need::Open {
+                    self.opening += 1;
+                }
                 // A grant runs for its whole time from its open, as knockd's does from
                 // its start command: an open that waited behind the rate limit neither
                 // shortens the access nor makes its close fall due at the knocks' pace,
@@ -758,6 +794,7 @@ impl Scheduler {
                     ip,
                     op,
                     started: now.wall,
+                    since: now.mono,
                     what,
                     release_at,
                     released: false,
@@ -768,6 +805,7 @@ impl Scheduler {
         self.flights.insert(id, flight);
         self.running += 1;
         self.effects.push(Effect::Dispatch(Job { id, task, journal }));
+        self.pace.running(self.running, now.mono);
     }
 
     /// An operation ended.
@@ -777,7 +815,15 @@ impl Scheduler {
         if f.released {
             self.stuck -= 1;
         } else {
+            if matches!(f.purpose, Purpose::Grant { need: Need::Open, .. }) {
+                self.opening -= 1;
+            }
             self.running -= 1;
+            self.pace.running(self.running, now.mono);
+            self.pace.finished(now.mono);
+            if f.op == OpKind::Close {
+                self.pace.closed(now.mono.saturating_duration_since(f.since));
+            }
             let r = match &result {
                 _ if ok => OpResult::Ok,
                 JobResult::Command(Outcome::TimedOut) => OpResult::TimedOut,
@@ -1044,7 +1090,12 @@ impl Scheduler {
         }
         let work = !self.internal.is_empty() || !self.fresh.is_empty();
         if work && self.running < self.limits.concurrency && !self.shutting_stops() {
-            at(self.bucket.ready_at());
+            // A new grant held by the bound waits for a close, which wakes the loop.
+            if !self.internal.is_empty() {
+                at(self.bucket.ready_at());
+            } else if !self.fresh_held() {
+                at(self.bucket.ready_at_leaving(self.reserve()));
+            }
         }
         wake
     }
@@ -1269,7 +1320,8 @@ mod tests {
         sim.run_to(120 * S);
         let times: Vec<Instant> = sim.ops.iter().map(|o| o.start).collect();
         assert_eq!(times.len(), 600, "every open and every close ran");
-        assert_eq!(times.iter().filter(|&&t| t == sim.t0).count(), burst as usize, "the burst at once");
+        // New grants take half the burst at once: the other half stays for closes.
+        assert_eq!(times.iter().filter(|&&t| t == sim.t0).count(), burst as usize / 2, "half the burst at once");
         assert_within_limits(&times, rate, burst);
         // Closes come on time for the early grants, and none is lost.
         assert_eq!(sim.counters.opened.load(Relaxed), 300);
@@ -1329,14 +1381,81 @@ mod tests {
     }
 
     #[test]
+    fn no_more_grants_are_open_than_the_firewall_closes_in_a_second() {
+        // 100 ms an operation, one at a time (an iptables-like firewall): once measured,
+        // at most 10 grants are open or opening. Knocks come at 10 a second, faster
+        // than the 5 grants a second the firewall can open and close; every close
+        // starts within 1 s (and the operation running then) of its time.
+        let mut sim = Sim::new(Limits { concurrency: 1, ..limits() }, ok_after(100 * MS));
+        let mut most = 0;
+        for i in 0..100u32 {
+            sim.run_to(100 * MS * i);
+            // (The first 16 opened before the firewall was measured; they close by 7 s.)
+            if i >= 70 {
+                most = most.max(sim.counters.open_grants.load(Relaxed));
+            }
+            sim.knock(native("ssh", ip(i), 5 * S));
+        }
+        sim.run_to(60 * S);
+        let mut opened = 0;
+        let mut late = Duration::ZERO;
+        for i in 0..100u32 {
+            let open = sim.started(&format!("fake open {} 5s", ip(i)));
+            let close = sim.started(&format!("fake close {}", ip(i)));
+            if let ([o], [c]) = (&open[..], &close[..]) {
+                opened += 1;
+                assert!(*c >= *o + 5 * S, "{}: open {o:?}, close {c:?}", ip(i));
+                late = late.max(*c - (*o + 5 * S));
+            } else {
+                assert!(open.is_empty() && close.is_empty(), "{}: {open:?} {close:?}", ip(i));
+            }
+        }
+        assert!(most <= 11, "{most} open at once");
+        assert!(late <= 1100 * MS, "a close started {late:?} late");
+        let refused = sim.reported(|r| matches!(r, Report::Refused { reason: Refusal::Expired, .. })).len();
+        assert!(opened >= 20, "{opened} opened");
+        assert_eq!(opened + refused, 100, "{opened} opened, {refused} refused");
+        assert_eq!(sim.counters.pending.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn closes_keep_their_time_when_knocks_outrun_the_rate() {
+        // A fast firewall (1 ms), knocks at twice the rate for 20 s: the rate limits
+        // the opens, and every close still starts within 50 ms of its time (the
+        // burst's other half is there for a run of closes falling due together).
+        let l = Limits { rate: 100, burst: 200, ..limits() };
+        let mut sim = Sim::new(l, ok_after(MS));
+        let n = 4000u32;
+        for i in 0..n {
+            sim.run_to(5 * MS * i);
+            sim.knock(native("ssh", ip(i), 5 * S));
+        }
+        sim.run_to(60 * S);
+        let (mut opened, mut late) = (0, Duration::ZERO);
+        for i in 0..n {
+            let open = sim.started(&format!("fake open {} 5s", ip(i)));
+            let close = sim.started(&format!("fake close {}", ip(i)));
+            if let ([o], [c]) = (&open[..], &close[..]) {
+                opened += 1;
+                assert!(*c >= *o + 5 * S, "{}: open {o:?}, close {c:?}", ip(i));
+                late = late.max(*c - (*o + 5 * S));
+            }
+        }
+        assert!(opened >= 1000, "{opened} opened");
+        assert!(late <= 50 * MS, "a close started {late:?} late");
+        let times: Vec<Instant> = sim.ops.iter().map(|o| o.start).collect();
+        assert_within_limits(&times, 100, 200);
+    }
+
+    #[test]
     fn never_more_than_concurrency_at_once() {
         let l = Limits { concurrency: 4, ..limits() };
         let mut sim = Sim::new(l, ok_after(100 * MS));
-        for n in 0..40 {
+        for n in 0..32 {
             sim.knock(cmds("d", ip(n), "open %IP%", Some("close %IP%"), 10 * S));
         }
         sim.run_to(30 * S);
-        assert_eq!(sim.ops.len(), 80);
+        assert_eq!(sim.ops.len(), 64);
         // At each start, count the operations that overlap it.
         let mut max = 0;
         for o in &sim.ops {
@@ -1344,8 +1463,9 @@ mod tests {
             max = max.max(at_once);
         }
         assert_eq!(max, 4);
-        // 40 opens of 100 ms, 4 at a time: the last starts at 0.9 s.
-        assert_eq!(sim.started("open 198.18.0.39"), [900 * MS]);
+        // 32 opens of 100 ms, 4 at a time: the last starts at 0.7 s. (The bound on
+        // open grants, 32 until closes have been seen, is not reached.)
+        assert_eq!(sim.started("open 198.18.0.31"), [700 * MS]);
     }
 
     #[test]
@@ -1656,7 +1776,7 @@ mod tests {
             let d = if label == "open b" { 2 * S } else { MS };
             (d, JobResult::Command(Outcome::Success))
         });
-        let l = Limits { rate: 1, burst: 2, ..limits() };
+        let l = Limits { rate: 1, burst: 4, ..limits() };
         let mut sim = Sim::new(l, script);
         sim.knock(cmds("a", IP, "open a", Some("close a"), 60 * S));
         sim.knock(cmds("b", IP, "open b", Some("close b"), 60 * S));
