@@ -1,30 +1,33 @@
-//! How long the firewall takes per operation, measured, and how many grants may be
-//! open at once because of it.
+//! How long the firewall takes per operation, measured, and how many grants may fall
+//! due together because of it.
 //!
 //! Every open brings a close when its time is up, and closes go first. If more grants
-//! are open than the firewall can close in a short time, a run of them falling due
-//! together queues, and the last ones close late, with the port still open. The
-//! configured `rate` cannot prevent that when the firewall is slower than `rate`
-//! (iptables rewriting a long chain manages a few dozen operations a second). So the
-//! executor measures the firewall's busy time per operation and keeps no more grants
-//! open (or opening) than it can close within [`CLOSE_ALL_WITHIN`]; a knock beyond
-//! that waits, and is refused if its time runs out first.
+//! fall due within a short time than the firewall can close in it, the closes queue,
+//! and the last ones start late, with the port still open. The configured `rate`
+//! cannot prevent that when the firewall is slower than `rate` (iptables rewriting a
+//! long chain manages a few dozen operations a second). So the executor measures the
+//! firewall and lets a new grant open only while the grants falling due within
+//! [`CLOSE_ALL_WITHIN`] before its own end can be closed in that time; a knock beyond
+//! that waits, and is refused if its time runs out first. Knocks spread out in time
+//! are never held: only a run of them that the firewall could not close again.
 //!
-//! The measure is busy time (at least one operation running) per operation finished:
-//! exact for a firewall that does one thing at a time (iptables' lock), and on the
-//! safe side (too long) for commands that could run side by side.
+//! The measures are busy time (at least one operation running) per operation
+//! finished, exact for a firewall that does one thing at a time (iptables' lock), and
+//! a close's whole time from its start to its end, on the safe side (too long) for
+//! commands that could run side by side.
 
 use std::time::{Duration, Instant};
 
 /// Operations per measurement.
 const SAMPLE: u32 = 16;
-/// Open grants are kept to what the firewall can close in this time.
+/// The grants falling due within this time are kept to what the firewall closes in it.
 pub const CLOSE_ALL_WITHIN: Duration = Duration::from_secs(1);
-/// Until this many closes have been measured, at most [`COLD_MOST`] grants are open:
-/// what a close costs cannot be told from the opens (an iptables `-D` searches the
-/// chain the opens grew; seen here: opens 4 ms, closes 54 ms).
+/// Until this many closes have been measured, at most [`COLD_MOST`] grants fall due
+/// within [`CLOSE_ALL_WITHIN`] (a close is taken to cost 50 ms): what a close costs
+/// cannot be told from the opens, as an iptables `-D` searches the chain the opens
+/// grew (seen here: opens 4 ms, closes 54 ms with a few hundred rules).
 const COLD_CLOSES: u32 = 4;
-const COLD_MOST: usize = 32;
+const COLD_MOST: usize = 20;
 
 #[derive(Debug)]
 pub(crate) struct Pace {
@@ -84,16 +87,15 @@ impl Pace {
         self.closes = (self.closes + 1).min(COLD_CLOSES);
     }
 
-    /// How many grants may be open (or opening) at once: what the firewall closes in
-    /// [`CLOSE_ALL_WITHIN`] by the slower of its busy time per operation and a
+    /// How many grants may fall due within [`CLOSE_ALL_WITHIN`]: what the firewall
+    /// closes in that time by the slower of its busy time per operation and a
     /// close's whole time, at most [`COLD_MOST`] until closes have been seen, never fewer than
-    /// `floor` (the concurrency); unbounded until the first sample.
-    pub fn most_open(&self, floor: usize) -> usize {
-        let Some(cost) = self.cost else { return usize::MAX };
-        let cost = cost.max(self.close.unwrap_or(0.0));
+    /// `floor` (the concurrency).
+    pub fn most_due(&self, floor: usize) -> usize {
         let cold = if self.closes < COLD_CLOSES { COLD_MOST } else { usize::MAX };
+        let cost = self.cost.unwrap_or(0.0).max(self.close.unwrap_or(0.0));
         if cost <= 0.0 {
-            return usize::MAX;
+            return cold.max(floor);
         }
         // (The epsilon keeps an exact quotient from rounding down.)
         ((CLOSE_ALL_WITHIN.as_secs_f64() / cost + 1e-6) as usize).min(cold).max(floor)
@@ -115,7 +117,7 @@ mod tests {
     fn one_at_a_time_the_cost_is_each_operations_time() {
         let mut t = Instant::now();
         let mut p = Pace::new();
-        assert_eq!(p.most_open(4), usize::MAX, "unbounded until measured");
+        assert_eq!(p.most_due(4), COLD_MOST, "cold until measured");
         for _ in 0..SAMPLE {
             p.running(1, t);
             t += 25 * MS;
@@ -126,18 +128,18 @@ mod tests {
         let cost = p.cost().expect("measured");
         assert!((cost - 0.025).abs() < 1e-9, "{cost}");
         // Until closes have been seen, at most COLD_MOST.
-        assert_eq!(p.most_open(4), COLD_MOST);
+        assert_eq!(p.most_due(4), COLD_MOST);
         for _ in 0..COLD_CLOSES {
             p.closed(20 * MS);
         }
-        assert_eq!(p.most_open(4), 40);
-        assert_eq!(p.most_open(64), 64);
+        assert_eq!(p.most_due(4), 40);
+        assert_eq!(p.most_due(64), 64);
         // Closes that take longer than the firewall's busy time per operation (they
         // waited for it) bound it instead.
         for _ in 0..50 {
             p.closed(100 * MS);
         }
-        assert_eq!(p.most_open(4), 10);
+        assert_eq!(p.most_due(4), 10);
     }
 
     #[test]
@@ -159,7 +161,7 @@ mod tests {
         for _ in 0..COLD_CLOSES {
             p.closed(MS);
         }
-        assert_eq!(p.most_open(4), 100);
+        assert_eq!(p.most_due(4), 100);
     }
 
     #[test]
