@@ -392,7 +392,7 @@ fn door(spanned: Spanned<DoorToml>, text: &str) -> Result<Door, (Span, Problem)>
     if let Some(target) = d.target {
         door.target = Some(parse_target(target.get_ref()).map_err(|p| (target.span(), p))?);
     }
-    let mut command = |c: Option<Spanned<String>>, at: &mut usize| {
+    let command = |c: Option<Spanned<String>>, at: &mut usize| {
         c.map(|c| {
             *at = line(c.span());
             c.into_inner()
