@@ -173,6 +173,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sesame", "knock", "-4", "-6", "h", "1"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_strict_and_firewall() {
+        match Cli::try_parse_from(["sesame", "check", "--strict", "--firewall", "/etc/knockd.conf"])
+            .unwrap()
+            .command
+        {
+            Command::Check { file, strict, firewall } => {
+                assert!(strict && firewall);
+                assert_eq!(file, PathBuf::from("/etc/knockd.conf"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["sesame", "check", "a.toml"]).unwrap().command {
+            Command::Check { strict, firewall, .. } => assert!(!strict && !firewall),
+            other => panic!("{other:?}"),
+        }
         assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err());
     }
 }
