@@ -212,17 +212,17 @@ fn step_name(port: u16, proto: Proto) -> String {
     format!("{port}:{}", proto.name())
 }
 
-/// `ports` reordered so that no two neighbours rise or fall twice in a row: the
-/// middle-out order 2nd, 4th, ..., then 1st, 3rd, ... reversed (7000,9000,8000 for three).
+/// `ports` reordered so that the direction changes at every step: lowest, highest,
+/// second lowest, second highest, ... (7000,9000,8000 for three), which no scan in
+/// either port order completes.
 fn shuffled(ports: &[u16]) -> String {
     let mut sorted = ports.to_vec();
     sorted.sort_unstable();
     let mut order: Vec<u16> = Vec::with_capacity(sorted.len());
     let (mut lo, mut hi) = (0usize, sorted.len());
-    // Alternate low and high ends: 1st, last, 2nd, last-but-one, ...; for three ports
-    // that is a, c, b: up then down, no scan direction completes it.
     let mut take_low = true;
     while lo < hi {
+        // Alternate ends; for three ports that is a, c, b: up, then down.
         if take_low {
             order.push(sorted[lo]);
             lo += 1;
