@@ -3,6 +3,7 @@
 //! matching, the firewall and the log together, and the configuration.
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod daemon;

@@ -1,9 +1,11 @@
 //! `sesame`: the knock client and the config tools.
 //!
 //! Exit status: 0 on success, 2 for a bad command line or an invalid config, 1 for
-//! anything else (a host that does not resolve, a socket error).
+//! anything else (a host that does not resolve, a socket error, `check --strict` with
+//! warnings).
 
 use clap::{Parser, Subcommand};
+use sesame_engine::check;
 use sesame_engine::client::{self, Family, KnockPlan};
 use sesame_engine::config::{native, BackendKind, Config};
 use sesame_engine::daemon;
@@ -43,8 +45,19 @@ enum Command {
         #[arg(required = true)]
         ports: Vec<String>,
     },
-    /// Validate a config file (knockd.conf or .toml) and summarise its doors.
-    Check { file: PathBuf },
+    /// Validate a config file (knockd.conf or .toml), summarise its doors and warn about
+    /// weak sequences and commands that lock out or expose (`warning: FILE:LINE: ...`).
+    Check {
+        file: PathBuf,
+        /// exit with status 1 when anything was warned about
+        #[arg(long)]
+        strict: bool,
+        /// also check the live ruleset of this network namespace (iptables-save,
+        /// ip6tables-save, nft): is each protected port closed, are established
+        /// connections accepted, does each start rule land before the DROP?
+        #[arg(long)]
+        firewall: bool,
+    },
     /// Print a knockd.conf as sesame's native TOML.
     Convert { file: PathBuf },
     /// sesame's own firewall structures (nftables table, iptables chain, ufw rules).
@@ -95,10 +108,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             plan.verbose = verbose;
             client::knock(&plan, &mut std::io::stdout())
         }
-        Command::Check { file } => {
+        Command::Check { file, strict, firewall } => {
             let config = Config::load(&file)?;
             print!("{}", config.summary());
-            println!("{}: OK", file.display());
+            let mut warnings = check::lint(&config);
+            if firewall {
+                let (ruleset, families) = check::firewall::read(&check::firewall::Live)?;
+                warnings.extend(check::firewall::warnings(&config, &ruleset, &families));
+            }
+            warnings.sort_by_key(|w| w.line);
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            match warnings.len() {
+                0 => println!("{}: OK", file.display()),
+                1 => println!("{}: OK, 1 warning", file.display()),
+                n => println!("{}: OK, {n} warnings", file.display()),
+            }
+            if strict && !warnings.is_empty() {
+                anyhow::bail!("{}: {} warning(s) and --strict", file.display(), warnings.len());
+            }
             Ok(())
         }
         Command::Convert { file } => {
@@ -144,6 +173,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sesame", "knock", "-4", "-6", "h", "1"]).is_err());
+    }
+
+    #[test]
+    fn check_takes_strict_and_firewall() {
+        match Cli::try_parse_from(["sesame", "check", "--strict", "--firewall", "/etc/knockd.conf"])
+            .unwrap()
+            .command
+        {
+            Command::Check { file, strict, firewall } => {
+                assert!(strict && firewall);
+                assert_eq!(file, PathBuf::from("/etc/knockd.conf"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["sesame", "check", "a.toml"]).unwrap().command {
+            Command::Check { strict, firewall, .. } => assert!(!strict && !firewall),
+            other => panic!("{other:?}"),
+        }
         assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err());
     }
 }

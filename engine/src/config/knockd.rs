@@ -207,8 +207,10 @@ impl Parser<'_> {
         self.section = Some(if name == "options" {
             Section::Options
         } else {
+            let mut door = Door::new(name, Vec::new());
+            door.lines.door = n;
             Section::Door(Box::new(Draft {
-                door: Door::new(name, Vec::new()),
+                door,
                 header_line: n,
                 sequence_line: None,
                 one_time: None,
@@ -232,23 +234,44 @@ impl Parser<'_> {
 
     fn door_key(draft: &mut Draft, n: usize, key: Key, written: &str, value: &str) -> Result<(), Problem> {
         let door = &mut draft.door;
+        let lines = &mut door.lines;
         match key {
             Key::Sequence => {
                 door.sequence = parse_sequence(value)?;
                 draft.sequence_line = Some(n);
+                lines.sequence = n;
             }
             Key::OneTimeSequences => draft.one_time = Some((PathBuf::from(value), n)),
-            Key::SeqTimeout => door.seq_timeout = parse_seconds(written, value)?,
-            Key::CmdTimeout => door.cmd_timeout = parse_seconds(written, value)?,
+            Key::SeqTimeout => {
+                door.seq_timeout = parse_seconds(written, value)?;
+                lines.seq_timeout = n;
+            }
+            Key::CmdTimeout => {
+                door.cmd_timeout = parse_seconds(written, value)?;
+                lines.cmd_timeout = n;
+            }
             Key::TcpFlags => door.tcp_flags = parse_flags(value.split([',', '|']))?,
-            Key::StartCommand => door.start_command = Some(value.to_owned()),
-            Key::StartCommand6 => door.start_command_6 = Some(value.to_owned()),
-            Key::StopCommand => door.stop_command = Some(value.to_owned()),
-            Key::StopCommand6 => door.stop_command_6 = Some(value.to_owned()),
+            Key::StartCommand => {
+                door.start_command = Some(value.to_owned());
+                lines.start_command = n;
+            }
+            Key::StartCommand6 => {
+                door.start_command_6 = Some(value.to_owned());
+                lines.start_command_6 = n;
+            }
+            Key::StopCommand => {
+                door.stop_command = Some(value.to_owned());
+                lines.stop_command = n;
+            }
+            Key::StopCommand6 => {
+                door.stop_command_6 = Some(value.to_owned());
+                lines.stop_command_6 = n;
+            }
             Key::Target => door.target = Some(parse_target(value)?),
             Key::Open => {
                 door.open = super::parse_open(value.split(','))?;
                 draft.firewall_line = Some(n);
+                lines.open = n;
             }
             Key::Backend => {
                 door.backend = Some(super::BackendKind::parse(value)?);
@@ -271,6 +294,7 @@ impl Parser<'_> {
         if let Some((path, line)) = draft.one_time {
             door.sequence = onetime::initial_sequence(&path).map_err(|p| self.error(line, p))?;
             door.one_time = Some(OneTimeSequences { path });
+            door.lines.sequence = line;
         } else if door.sequence.is_empty() {
             let line = draft.sequence_line.unwrap_or(draft.header_line);
             return Err(self.error(line, Problem::EmptySequence(door.name)));
@@ -416,6 +440,22 @@ interface = eth0,eth0
         let c = parse_str("[d]\nsequence = 1\nsequence = 2:udp\ncommand =\n").unwrap();
         assert_eq!(c.doors[0].sequence, vec![super::super::Step { port: 2, proto: Proto::Udp }]);
         assert_eq!(c.doors[0].start_command.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn doors_remember_their_lines() {
+        let c = parse_str(
+            "[options]\nUseSyslog\n\n[a]\nsequence = 1,2,3\nseq_timeout = 5\ncommand = x\n\
+             cmd_timeout = 9\nstop_command = y\n[b]\n# c\nstart_command_6 = z\nstop_command_6 = w\nsequence = 4\n",
+        )
+        .unwrap();
+        let (a, b) = (c.doors[0].lines, c.doors[1].lines);
+        assert_eq!(
+            (a.door, a.sequence, a.seq_timeout, a.start_command, a.cmd_timeout, a.stop_command),
+            (4, 5, 6, 7, 8, 9)
+        );
+        assert_eq!((b.door, b.start_command_6, b.stop_command_6, b.sequence), (10, 12, 13, 14));
+        assert_eq!((b.seq_timeout, b.or_door(b.start_command)), (0, 10));
     }
 
     #[test]

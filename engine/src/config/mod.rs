@@ -224,7 +224,50 @@ pub struct Door {
     pub open: Vec<Port>,
     /// sesame-only: this door's backend, overriding `[firewall] backend`.
     pub backend: Option<BackendKind>,
+    /// Where the door and its keys were written (for `sesame check`'s warnings).
+    pub lines: DoorLines,
 }
+
+/// The 1-based lines where a door and its keys were written; 0 = not written (a
+/// default, or a door built in code).
+///
+/// Where a door was written is not part of what it means: two `DoorLines` are always
+/// equal, so a door read from knockd.conf equals its TOML twin, and a reload that only
+/// moves lines changes no door.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DoorLines {
+    /// The `[name]` header, or the `[[door]]` table.
+    pub door: usize,
+    /// `Sequence`, or `One_Time_Sequences` for a one-time door.
+    pub sequence: usize,
+    pub seq_timeout: usize,
+    pub start_command: usize,
+    pub start_command_6: usize,
+    pub stop_command: usize,
+    pub stop_command_6: usize,
+    pub cmd_timeout: usize,
+    /// `open` (sesame-only).
+    pub open: usize,
+}
+
+impl DoorLines {
+    /// `line`, or the door's own line when the key was not written.
+    pub fn or_door(&self, line: usize) -> usize {
+        if line == 0 {
+            self.door
+        } else {
+            line
+        }
+    }
+}
+
+impl PartialEq for DoorLines {
+    fn eq(&self, _: &DoorLines) -> bool {
+        true
+    }
+}
+
+impl Eq for DoorLines {}
 
 impl Door {
     /// A door with knockd's defaults and the given sequence.
@@ -243,6 +286,7 @@ impl Door {
             target: None,
             open: Vec::new(),
             backend: None,
+            lines: DoorLines::default(),
         }
     }
 

@@ -55,7 +55,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let doors = file
         .door
         .into_iter()
-        .map(|d| door(d).map_err(|(span, problem)| error(Some(span), problem)))
+        .map(|d| door(d, text).map_err(|(span, problem)| error(Some(span), problem)))
         .collect::<Result<_, _>>()?;
     let tuning = tuning(file.capture, file.limits).map_err(|(span, problem)| error(Some(span), problem))?;
     let firewall =
@@ -281,10 +281,10 @@ struct DoorToml {
     one_time_sequences: Option<Spanned<String>>,
     seq_timeout: Option<Spanned<i64>>,
     tcp_flags: Option<Spanned<List>>,
-    start_command: Option<String>,
-    start_command_6: Option<String>,
-    stop_command: Option<String>,
-    stop_command_6: Option<String>,
+    start_command: Option<Spanned<String>>,
+    start_command_6: Option<Spanned<String>>,
+    stop_command: Option<Spanned<String>>,
+    stop_command_6: Option<Spanned<String>>,
     cmd_timeout: Option<Spanned<i64>>,
     target: Option<Spanned<String>>,
     open: Option<Spanned<List>>,
@@ -349,7 +349,8 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
-fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
+/// `text` is the whole file, to turn the door's spans into the lines it remembers.
+fn door(spanned: Spanned<DoorToml>, text: &str) -> Result<Door, (Span, Problem)> {
     let table_span = spanned.span();
     let d = spanned.into_inner();
     let name_span = d.name.span();
@@ -358,13 +359,17 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
         return Err((name_span, Problem::Syntax("door name must not be empty".into())));
     }
     let mut door = Door::new(name, Vec::new());
+    let line = |span: Span| line_of(text, span.start);
+    door.lines.door = door_header_line(text, line(table_span.clone()));
     let mut sequence_span = None;
     if let Some(seq) = d.sequence {
         sequence_span = Some(seq.span());
+        door.lines.sequence = line(seq.span());
         door.sequence = sequence(seq)?;
     }
     if let Some(path) = d.one_time_sequences {
         let span = path.span();
+        door.lines.sequence = line(span.clone());
         let path = PathBuf::from(path.into_inner());
         door.sequence = onetime::initial_sequence(&path).map_err(|p| (span, p))?;
         door.one_time = Some(OneTimeSequences { path });
@@ -372,9 +377,11 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
         return Err((sequence_span.unwrap_or(table_span), Problem::EmptySequence(door.name)));
     }
     if let Some(t) = d.seq_timeout {
+        door.lines.seq_timeout = line(t.span());
         door.seq_timeout = seconds("seq_timeout", t)?;
     }
     if let Some(t) = d.cmd_timeout {
+        door.lines.cmd_timeout = line(t.span());
         door.cmd_timeout = seconds("cmd_timeout", t)?;
     }
     if let Some(flags) = d.tcp_flags {
@@ -385,13 +392,21 @@ fn door(spanned: Spanned<DoorToml>) -> Result<Door, (Span, Problem)> {
     if let Some(target) = d.target {
         door.target = Some(parse_target(target.get_ref()).map_err(|p| (target.span(), p))?);
     }
-    door.start_command = d.start_command;
-    door.start_command_6 = d.start_command_6;
-    door.stop_command = d.stop_command;
-    door.stop_command_6 = d.stop_command_6;
+    let command = |c: Option<Spanned<String>>, at: &mut usize| {
+        c.map(|c| {
+            *at = line(c.span());
+            c.into_inner()
+        })
+    };
+    let lines = &mut door.lines;
+    door.start_command = command(d.start_command, &mut lines.start_command);
+    door.start_command_6 = command(d.start_command_6, &mut lines.start_command_6);
+    door.stop_command = command(d.stop_command, &mut lines.stop_command);
+    door.stop_command_6 = command(d.stop_command_6, &mut lines.stop_command_6);
     let mut firewall_span = table_span;
     if let Some(open) = d.open {
         firewall_span = open.span();
+        door.lines.open = line(open.span());
         // Bare numbers are TCP ports, as in sequences.
         let ports: Vec<String> = match open.into_inner() {
             List::Text(text) => text.split(',').map(str::to_owned).collect(),
@@ -467,6 +482,13 @@ fn seconds(key: &str, value: Spanned<i64>) -> Result<u32, (Span, Problem)> {
 
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
+}
+
+/// The line of the `[[door]]` header of a table whose span starts on `line` (toml's
+/// table spans may start at the first key rather than at the header).
+fn door_header_line(text: &str, line: usize) -> usize {
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    lines.iter().rposition(|l| l.trim_start().starts_with("[[")).map_or(line, |i| i + 1)
 }
 
 /// 1-based line of a byte offset.
@@ -638,6 +660,22 @@ mod tests {
         let b = parse_str("[[door]]\nname = \"d\"\nsequence = \"7000,8000:udp,9000\"\n").unwrap();
         assert_eq!(a.doors, b.doors);
         assert_eq!(a.doors[0].sequence[1], Step { port: 8000, proto: Proto::Udp });
+    }
+
+    #[test]
+    fn doors_remember_their_lines() {
+        let c = parse_str(
+            "[options]\n\n[[door]]\nname = \"a\"\nsequence = [\n  1,\n  2,\n]\nseq_timeout = 5\n\
+             start_command = \"x\"\n\n[[door]]\n# b\nname = \"b\"\nsequence = \"4\"\nstop_command = \"y\"\n\
+             cmd_timeout = 3\nstart_command_6 = \"z\"\nstop_command_6 = \"w\"\n",
+        )
+        .unwrap();
+        let (a, b) = (c.doors[0].lines, c.doors[1].lines);
+        assert_eq!((a.door, a.sequence, a.seq_timeout, a.start_command, a.stop_command), (3, 5, 9, 10, 0));
+        assert_eq!(
+            (b.door, b.sequence, b.stop_command, b.cmd_timeout, b.start_command_6, b.stop_command_6),
+            (12, 15, 16, 17, 18, 19)
+        );
     }
 
     #[test]
