@@ -55,7 +55,15 @@ pub struct RunResult {
     /// Frames the generator sent (flood and legitimate) and their rate.
     pub offered_packets: u64,
     pub offered_pps: f64,
-    /// Frames the server's veth received (`rx_packets` delta) and their rate.
+    /// Flood frames the generator sent per second, summed over its flood threads: the
+    /// flood rate actually reached (flat out, what the generator's cores managed).
+    #[serde(default)]
+    pub flood_sent_pps: f64,
+    /// Flood threads (cores) the generator used (`--gen-cpus`).
+    #[serde(default = "one")]
+    pub gen_cpus: u32,
+    /// Frames the server's veth received (`rx_packets` delta) and their rate: what
+    /// reached the daemon's side.
     pub delivered_packets: u64,
     pub delivered_pps: f64,
     /// `rx_dropped` delta of the server's veth.
@@ -97,9 +105,14 @@ pub struct RunResult {
     pub generator: GenSummary,
 }
 
+fn one() -> u32 {
+    1
+}
+
 /// The generator's counters as kept in the results (the per-knocker detail is not).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenSummary {
+    /// Summed over the flood threads.
     pub flood_sent: u64,
     pub legit_frames_sent: u64,
     pub elapsed_s: f64,
@@ -107,6 +120,9 @@ pub struct GenSummary {
     pub ring_full_waits: u64,
     /// Frames the flood's TX ring reported as not sent (wrong format / errors).
     pub tx_errors: u64,
+    /// Each flood thread: its core, its share of the rate, frames sent, CPU seconds.
+    #[serde(default)]
+    pub flood_threads: Vec<crate::gen::FloodThreadReport>,
 }
 
 impl RunResult {
@@ -170,6 +186,8 @@ pub(crate) fn sample_run(daemon: &str, rate: Option<u64>, ok: u64, cpu: f64) -> 
         duration_s: 10.0,
         offered_packets: 100,
         offered_pps: 10.0,
+        flood_sent_pps: 9.0,
+        gen_cpus: 1,
         delivered_packets: 100,
         delivered_pps: 10.0,
         server_rx_dropped: 0,
@@ -252,6 +270,8 @@ mod tests {
             "flood",
             "target_rate",
             "offered_pps",
+            "flood_sent_pps",
+            "gen_cpus",
             "delivered_pps",
             "legit_sent",
             "legit_succeeded",
