@@ -212,7 +212,7 @@ where
     let mib = |r: &RunResult| r.peak_rss_kib.map(|k| k as f64 / 1024.0);
     panel(&panels[2], "Daemon peak RSS (VmHWM)", "MiB", &labels, &lines, upper(runs, mib, 8.0), &mib, None)?;
     let received = |r: &RunResult| Some(r.delivered_pps / 1000.0);
-    let sent = |r: &RunResult| Some(r.flood_sent_pps / 1000.0);
+    let sent = |r: &RunResult| Some(r.flood_pps() / 1000.0);
     let top = upper(runs, received, 1.0).max(upper(runs, sent, 1.0));
     panel(
         &panels[3],

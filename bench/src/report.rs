@@ -126,6 +126,16 @@ pub struct GenSummary {
 }
 
 impl RunResult {
+    /// Flood frames sent per second: `flood_sent_pps`, or for results written before
+    /// it existed, the generator's flood count over its time.
+    pub fn flood_pps(&self) -> f64 {
+        if self.flood_sent_pps > 0.0 || self.generator.elapsed_s <= 0.0 {
+            self.flood_sent_pps
+        } else {
+            (self.generator.flood_sent as f64 / self.generator.elapsed_s).round()
+        }
+    }
+
     /// The x-axis label of this run's rate: `max` or a short number (`10k`, `1.5M`).
     pub fn rate_label(&self) -> String {
         match self.target_pps {
@@ -291,6 +301,17 @@ mod tests {
         assert!((first["latency_ms"]["p50"].as_f64().unwrap() - 3.0).abs() < 0.005);
         assert_eq!(first["rss_series_kib"][1], serde_json::json!([1.0, 1200]));
         assert_eq!(runs[0].rate_label(), "max");
+        // Results from before `flood_sent_pps` and `gen_cpus`: the rate from the
+        // generator's counts, one core.
+        let mut old = first.clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("flood_sent_pps");
+        o.remove("gen_cpus");
+        o["generator"]["flood_sent"] = serde_json::json!(5000);
+        o["generator"]["elapsed_s"] = serde_json::json!(2.0);
+        let old: RunResult = serde_json::from_value(old).unwrap();
+        assert_eq!((old.gen_cpus, old.flood_sent_pps, old.flood_pps()), (1, 0.0, 2500.0));
+        assert_eq!(runs[0].flood_pps(), 9.0);
         assert_eq!(runs[1].rate_label(), "10k");
         std::fs::remove_dir_all(&dir).unwrap();
     }
