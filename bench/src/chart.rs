@@ -1,5 +1,7 @@
-//! The SVG chart: legitimate knock success, daemon CPU and peak RSS against the flood
-//! rate, one line per daemon (and flood mode, when the results mix several).
+//! The SVG chart: legitimate knock success, daemon CPU, peak RSS and the flood rate
+//! actually reached (sent by the generator, received by the server's veth) against the
+//! flood rate asked for, one line per daemon (and flood mode, and generator core
+//! count, when the results mix several).
 //!
 //! SVG text is left to the viewer's fonts, so nothing here needs a font library.
 
@@ -44,16 +46,20 @@ fn layout(runs: &[RunResult]) -> (Vec<String>, Vec<Line<'_>>) {
     // series of its own.
     let floods: std::collections::BTreeSet<(&str, &str)> =
         runs.iter().filter(|r| r.flood != "none").map(|r| (r.flood.as_str(), r.proto.as_str())).collect();
+    // Runs with different generator core counts are different lines.
+    let several_gens = runs.iter().any(|r| r.gen_cpus != runs[0].gen_cpus);
+    let gens =
+        |r: &RunResult| if several_gens { format!(", gen-cpus {}", r.gen_cpus) } else { String::new() };
     let mut groups: BTreeMap<String, Vec<(usize, &RunResult)>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for r in runs {
         let x = rates.iter().position(|v| *v == r.target_pps).expect("rate listed");
         let labels: Vec<String> = if floods.len() <= 1 {
-            vec![r.daemon.clone()]
+            vec![format!("{}{}", r.daemon, gens(r))]
         } else if r.flood == "none" {
-            floods.iter().map(|(f, p)| format!("{} ({f} {p})", r.daemon)).collect()
+            floods.iter().map(|(f, p)| format!("{} ({f} {p}{})", r.daemon, gens(r))).collect()
         } else {
-            vec![format!("{} ({} {})", r.daemon, r.flood, r.proto)]
+            vec![format!("{} ({} {}{})", r.daemon, r.flood, r.proto, gens(r))]
         };
         for label in labels {
             if !groups.contains_key(&label) {
@@ -86,7 +92,12 @@ fn color_of(label: &str, i: usize) -> RGBColor {
 
 type DrawResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// One panel: `value` of every run against the rate categories.
+/// A value of a run to plot, `None` where it has none.
+type Value<'a> = &'a dyn Fn(&RunResult) -> Option<f64>;
+
+/// One panel: `value` of every run against the rate categories, and `dashed`, if
+/// given, as a dashed line of the same colour.
+#[allow(clippy::too_many_arguments)]
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
@@ -94,7 +105,8 @@ fn panel<DB: DrawingBackend>(
     labels: &[String],
     lines: &[Line<'_>],
     y_max: f64,
-    value: &dyn Fn(&RunResult) -> Option<f64>,
+    value: Value<'_>,
+    dashed: Option<Value<'_>>,
 ) -> DrawResult<()>
 where
     DB::ErrorType: 'static,
@@ -132,6 +144,15 @@ where
             .label(line.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+        if let Some(dashed) = dashed {
+            let pts: Vec<(SegmentValue<u32>, f64)> = line
+                .runs
+                .iter()
+                .filter_map(|(x, r)| dashed(r).map(|v| (SegmentValue::CenterOf(*x as u32), v)))
+                .collect();
+            chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, color.stroke_width(2)))?;
+            chart.draw_series(pts.into_iter().map(|p| Cross::new(p, 4, color.stroke_width(2))))?;
+        }
     }
     chart
         .configure_series_labels()
@@ -151,7 +172,7 @@ fn upper(runs: &[RunResult], f: impl Fn(&RunResult) -> Option<f64>, floor: f64) 
 pub fn render_svg(runs: &[RunResult]) -> anyhow::Result<String> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (960, 1080)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (960, 1440)).into_drawing_area();
         draw(&root, runs).map_err(|e| anyhow::anyhow!("drawing the chart: {e}"))?;
         root.present().map_err(|e| anyhow::anyhow!("writing the chart: {e}"))?;
     }
@@ -167,7 +188,7 @@ where
 {
     root.fill(&WHITE)?;
     let (labels, lines) = layout(runs);
-    let panels = root.split_evenly((3, 1));
+    let panels = root.split_evenly((4, 1));
     panel(
         &panels[0],
         "Legitimate knock sequences that opened the door",
@@ -176,6 +197,7 @@ where
         &lines,
         105.0,
         &|r| Some(r.legit_success_pct),
+        None,
     )?;
     panel(
         &panels[1],
@@ -185,10 +207,32 @@ where
         &lines,
         upper(runs, |r| Some(r.cpu_percent), 10.0),
         &|r| Some(r.cpu_percent),
+        None,
     )?;
     let mib = |r: &RunResult| r.peak_rss_kib.map(|k| k as f64 / 1024.0);
-    panel(&panels[2], "Daemon peak RSS (VmHWM)", "MiB", &labels, &lines, upper(runs, mib, 8.0), &mib)?;
+    panel(&panels[2], "Daemon peak RSS (VmHWM)", "MiB", &labels, &lines, upper(runs, mib, 8.0), &mib, None)?;
+    let received = |r: &RunResult| Some(r.delivered_pps / 1000.0);
+    let sent = |r: &RunResult| Some(r.flood_pps() / 1000.0);
+    let top = upper(runs, received, 1.0).max(upper(runs, sent, 1.0));
+    panel(
+        &panels[3],
+        &format!("Flood reached: received by the server's veth (solid), sent ({}, dashed)", gen_cores(runs)),
+        "kpps",
+        &labels,
+        &lines,
+        top,
+        &received,
+        Some(&sent),
+    )?;
     Ok(())
+}
+
+/// `1 generator core`, `2 generator cores`, `1-2 generator cores`.
+fn gen_cores(runs: &[RunResult]) -> String {
+    let lo = runs.iter().map(|r| r.gen_cpus).min().unwrap_or(1);
+    let hi = runs.iter().map(|r| r.gen_cpus).max().unwrap_or(1);
+    let n = if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") };
+    format!("{n} generator core{}", if hi == 1 { "" } else { "s" })
 }
 
 /// Writes the chart of `runs` to `path`.
@@ -229,6 +273,29 @@ mod tests {
         let (_, lines) = layout(&runs);
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].label, "sesamed (mixed syn)");
+    }
+
+    #[test]
+    fn generator_core_counts_get_their_own_lines() {
+        let one = sample_run("sesamed", None, 50, 1.0);
+        let mut two = sample_run("sesamed", None, 50, 1.0);
+        two.gen_cpus = 2;
+        let runs = [one.clone(), two];
+        let (_, lines) = layout(&runs);
+        assert_eq!(
+            lines.iter().map(|l| l.label.as_str()).collect::<Vec<_>>(),
+            ["sesamed, gen-cpus 1", "sesamed, gen-cpus 2"]
+        );
+        assert_eq!(gen_cores(&runs), "1-2 generator cores");
+        let (_, lines) = layout(std::slice::from_ref(&one));
+        assert_eq!(lines[0].label, "sesamed");
+        assert_eq!(gen_cores(&[one]), "1 generator core");
+        let svg = render_svg(&runs).unwrap();
+        assert!(
+            svg.contains("Flood reached") && svg.contains("gen-cpus 2"),
+            "{}",
+            &svg[..svg.len().min(200)]
+        );
     }
 
     #[test]

@@ -778,6 +778,8 @@ fn gen_config(
         knock_gap_ms: gap_ms,
         seed: None,
         batch: 128,
+        gen_cpus: 1,
+        pin_cpus: Vec::new(),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)

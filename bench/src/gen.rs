@@ -1,11 +1,15 @@
 //! The traffic generator: runs inside the client namespace (a packet socket belongs
-//! to the namespace it was made in), pinned to one core, and sends
-//! - a spoofed-source flood from one `PACKET_QDISC_BYPASS` TX ring, paced by
-//!   [`Pacer`] or flat out, and
+//! to the namespace it was made in) and sends
+//! - a spoofed-source flood from `--gen-cpus N` threads, each pinned to its own core
+//!   (`--pin-cpus`) with its own `PACKET_QDISC_BYPASS` TX ring and its own random
+//!   stream, each paced by [`Pacer`] to its share of the rate ([`split_rate`]) or
+//!   flat out, and
 //! - the legitimate knockers' sequences from a second, small TX ring, each knock
-//!   flushed on its own, interleaved with the flood's batches on the same thread,
+//!   flushed on its own, interleaved with the first flood thread's batches on the
+//!   main thread,
 //!
-//! for a bounded time, then prints one JSON line ([`GenReport`]) and exits.
+//! for a bounded time, then prints one JSON line ([`GenReport`]: the frames of all
+//! threads summed, and each thread's own count) and exits.
 //!
 //! Addresses: flood sources are random in 198.18.0.0/15 (and optionally 2001:db8::/32)
 //! but never in [`LEGIT_NET`], the legitimate knockers' 198.19.192.0/18, so the flood
@@ -18,6 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Longest run the generator accepts, in seconds.
 pub const MAX_DURATION_SECS: f64 = 900.0;
+
+/// Most flood threads (`--gen-cpus`).
+pub const MAX_GEN_CPUS: u32 = 64;
 
 /// The legitimate knockers' network: 198.19.192.0/18 (16382 usable sources).
 pub const LEGIT_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 192, 0), 18);
@@ -111,6 +118,14 @@ pub struct GenConfig {
     /// Most flood frames queued per flush.
     #[arg(long, default_value_t = 128)]
     pub batch: u32,
+    /// Flood threads, each with its own TX ring and its share of the rate (`max`: each
+    /// flat out). The first also sends the legitimate knocks.
+    #[arg(long, default_value_t = 1)]
+    pub gen_cpus: u32,
+    /// Cores to pin the threads to, comma separated: thread i (0 is the main thread, the
+    /// one that also knocks) runs on the i-th, modulo their number. Empty: not pinned.
+    #[arg(long, value_delimiter = ',')]
+    pub pin_cpus: Vec<usize>,
 }
 
 impl GenConfig {
@@ -136,6 +151,9 @@ impl GenConfig {
         }
         if self.batch == 0 {
             return Err("batch must be at least 1".into());
+        }
+        if !(1..=MAX_GEN_CPUS).contains(&self.gen_cpus) {
+            return Err(format!("gen-cpus {}: must be from 1 to {MAX_GEN_CPUS}", self.gen_cpus));
         }
         Ok(())
     }
@@ -174,7 +192,15 @@ impl GenConfig {
             self.knock_gap_ms.to_string(),
             "--batch".into(),
             self.batch.to_string(),
+            "--gen-cpus".into(),
+            self.gen_cpus.to_string(),
         ]);
+        if !self.pin_cpus.is_empty() {
+            a.extend([
+                "--pin-cpus".into(),
+                self.pin_cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
+            ]);
+        }
         if let Some(seed) = self.seed {
             a.extend(["--seed".into(), seed.to_string()]);
         }
@@ -212,12 +238,70 @@ pub fn parse_mac(s: &str) -> Result<Mac, String> {
 /// What the generator did, printed as one JSON line at the end.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenReport {
+    /// Flood frames the kernel took, summed over the flood threads.
     pub flood_sent: u64,
     pub legit_frames_sent: u64,
+    /// From the common start to the last thread's end (its ring drained).
     pub elapsed_s: f64,
+    /// Summed over the flood threads.
+    pub ring_full_waits: u64,
+    /// Summed over the flood threads.
+    pub tx_errors: u64,
+    /// Flood threads asked for (`--gen-cpus`).
+    #[serde(default = "one")]
+    pub gen_cpus: u32,
+    /// Each flood thread's own counters, thread 0 first (none without a flood).
+    #[serde(default)]
+    pub flood_threads: Vec<FloodThreadReport>,
+    pub knockers: Vec<KnockerReport>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One flood thread: where it ran, what it was asked for and what it sent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FloodThreadReport {
+    /// The core it was pinned to (`null`: not pinned).
+    pub cpu: Option<usize>,
+    /// Its share of the rate (`max`, or pps).
+    pub rate: String,
+    /// Flood frames the kernel took from its ring.
+    pub sent: u64,
     pub ring_full_waits: u64,
     pub tx_errors: u64,
-    pub knockers: Vec<KnockerReport>,
+    /// From the common start to its ring drained.
+    pub elapsed_s: f64,
+    /// CPU seconds (user + system) the thread used, including the receive work the
+    /// veth does on the sending core; `null` if `/proc` could not tell.
+    pub cpu_s: Option<f64>,
+}
+
+/// Thread `i`'s share of `rate` split over `n` threads: flat out stays flat out for
+/// each; a number of pps is split as evenly as whole numbers allow (the first
+/// `rate % n` threads send one more), so the shares add up to exactly `rate`.
+pub fn split_rate(rate: Rate, n: u32, i: u32) -> Rate {
+    match rate {
+        Rate::Max => Rate::Max,
+        Rate::Pps(r) => {
+            let n = n.max(1) as u64;
+            Rate::Pps(r / n + u64::from((i as u64) < r % n))
+        }
+    }
+}
+
+/// The seed of flood thread `i`'s random stream: `seed` scrambled with the thread
+/// number, so every thread draws its own sequence of sources and ports (SplitMix64
+/// streams from nearby seeds would otherwise be the same stream shifted by one step).
+pub fn thread_seed(seed: u64, i: u32) -> u64 {
+    Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()
+}
+
+/// The core thread `i` is pinned to: the `i`-th of `cpus`, modulo their number
+/// (`None` without any).
+pub fn thread_cpu(cpus: &[usize], i: u32) -> Option<usize> {
+    (!cpus.is_empty()).then(|| cpus[i as usize % cpus.len()])
 }
 
 /// One legitimate knocker: its source and when (wall clock, ns since the Unix epoch)
@@ -358,21 +442,262 @@ mod tx {
     use super::*;
     use sesame_capture::craft::{write_frame, FrameSpec};
     use sesame_capture::frame::tcp_flags::SYN;
+    use sesame_capture::hint::pin_current_thread;
     use sesame_capture::tx::{TxConfig, TxRing};
     use sesame_capture::Proto;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Condvar, Mutex};
+
+    /// Where the flood threads wait, their rings open, until the main thread starts
+    /// them all at once (or calls the run off).
+    #[derive(Default)]
+    struct Gate {
+        /// Threads arrived, and the main thread's word: `Some(true)` go, `Some(false)` stop.
+        state: Mutex<(u32, Option<bool>)>,
+        cv: Condvar,
+    }
+
+    impl Gate {
+        /// A flood thread: says it is ready and waits for the word.
+        fn arrive(&self) -> bool {
+            let mut st = self.state.lock().expect("gate lock");
+            st.0 += 1;
+            self.cv.notify_all();
+            loop {
+                if let Some(go) = st.1 {
+                    return go;
+                }
+                st = self.cv.wait(st).expect("gate lock");
+            }
+        }
+
+        /// The main thread: waits until `n` threads have arrived.
+        fn wait_for(&self, n: u32) {
+            let mut st = self.state.lock().expect("gate lock");
+            while st.0 < n {
+                st = self.cv.wait(st).expect("gate lock");
+            }
+        }
+
+        fn open(&self, go: bool) {
+            self.state.lock().expect("gate lock").1 = Some(go);
+            self.cv.notify_all();
+        }
+    }
+
+    /// One flood thread's ring, random stream and pacing.
+    struct FloodShard {
+        ring: TxRing,
+        rng: Rng,
+        pacer: Pacer,
+        rate: Rate,
+        proto: Proto,
+        flags: u8,
+        /// Frames queued so far (the pacer's count).
+        queued: u64,
+        ring_full_waits: u64,
+    }
+
+    impl FloodShard {
+        /// Opens the shard's ring; `None` for a zero share (nothing to send).
+        fn open(cfg: &GenConfig, rate: Rate, seed: u64) -> anyhow::Result<Option<FloodShard>> {
+            if rate.is_zero() {
+                return Ok(None);
+            }
+            // Frames are at most 74 bytes: 128-byte slots (32 of them header) keep the ring small.
+            let ring_cfg = TxConfig { frame_size: 128, frame_count: 8192, qdisc_bypass: true };
+            let (proto, flags) = match cfg.proto {
+                FloodProto::Syn => (Proto::Tcp, SYN),
+                FloodProto::Udp => (Proto::Udp, 0),
+            };
+            Ok(Some(FloodShard {
+                ring: TxRing::open(&cfg.iface, &ring_cfg)?,
+                rng: Rng::new(seed),
+                pacer: Pacer::new(rate, cfg.batch as u64),
+                rate,
+                proto,
+                flags,
+                queued: 0,
+                ring_full_waits: 0,
+            }))
+        }
+
+        /// Queues and sends what is due at `now` (since the start). Returns when the next
+        /// frame falls due if nothing was (the caller may sleep until then), `None` if it
+        /// sent something or the ring was full.
+        fn step(&mut self, cfg: &GenConfig, now: Duration) -> anyhow::Result<Option<Duration>> {
+            let allowed = self.pacer.allowed(now, self.queued);
+            if allowed == 0 {
+                return Ok(self.pacer.next_due(self.queued));
+            }
+            let (rng, proto, flags) = (&mut self.rng, self.proto, self.flags);
+            let n = self.ring.queue(allowed as usize, |slot| {
+                let (src, dst, sport, dport) = next_flood_frame(cfg, rng);
+                let spec = FrameSpec {
+                    src_mac: cfg.src_mac.0,
+                    dst_mac: cfg.dst_mac.0,
+                    src,
+                    dst,
+                    proto,
+                    src_port: sport,
+                    dst_port: dport,
+                    tcp_flags: flags,
+                };
+                write_frame(&spec, slot).unwrap_or(0)
+            });
+            self.queued += n as u64;
+            self.ring.flush()?;
+            if (n as u64) < allowed {
+                self.ring_full_waits += 1;
+                self.ring.wait_writable(Duration::from_millis(2))?;
+            }
+            Ok(None)
+        }
+
+        /// Lets the ring drain and takes the kernel's count.
+        fn finish(mut self, cpu: Option<usize>, start: Instant) -> anyhow::Result<FloodThreadReport> {
+            self.ring.drain(Duration::from_secs(2))?;
+            let st = self.ring.stats();
+            Ok(FloodThreadReport {
+                cpu,
+                rate: self.rate.to_string(),
+                sent: st.sent,
+                ring_full_waits: self.ring_full_waits,
+                tx_errors: st.wrong_format
+                    + st.rejected
+                    + self.queued.saturating_sub(st.sent + st.wrong_format),
+                elapsed_s: start.elapsed().as_secs_f64(),
+                cpu_s: None,
+            })
+        }
+    }
+
+    /// A finished flood thread's report, or the empty one of a thread with no share.
+    fn idle_thread(cpu: Option<usize>, rate: Rate, start: Instant) -> FloodThreadReport {
+        FloodThreadReport {
+            cpu,
+            rate: rate.to_string(),
+            elapsed_s: start.elapsed().as_secs_f64(),
+            ..FloodThreadReport::default()
+        }
+    }
+
+    /// CPU seconds the calling thread has used (`/proc/thread-self/stat`).
+    fn thread_cpu_seconds(ticks_per_sec: u64) -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+        crate::stats::parse_proc_stat_ticks(&stat).map(|t| t as f64 / ticks_per_sec as f64)
+    }
+
+    fn pin(cpu: Option<usize>) -> anyhow::Result<()> {
+        if let Some(c) = cpu {
+            pin_current_thread(c)
+                .map_err(|e| anyhow::anyhow!("pinning a generator thread to CPU {c}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Flood thread `i` (from 1): pins itself, opens its ring, waits at `gate` for the
+    /// main thread's word, then floods until `duration` has passed since the common
+    /// start, or until `stop` is set (the main thread failed).
+    fn flood_thread(
+        cfg: &GenConfig,
+        i: u32,
+        seed: u64,
+        gate: &Gate,
+        stop: &AtomicBool,
+        ticks: u64,
+    ) -> anyhow::Result<FloodThreadReport> {
+        let cpu = thread_cpu(&cfg.pin_cpus, i);
+        let rate = split_rate(cfg.rate, cfg.gen_cpus, i);
+        let opened = pin(cpu).and_then(|()| FloodShard::open(cfg, rate, thread_seed(seed, i)));
+        // Every thread arrives, whether it could open its ring or not.
+        if !gate.arrive() {
+            opened?;
+            anyhow::bail!("flood thread {i}: the run was called off");
+        }
+        let start = Instant::now();
+        let duration = Duration::from_secs_f64(cfg.duration);
+        let Some(mut shard) = opened? else { return Ok(idle_thread(cpu, rate, start)) };
+        loop {
+            let now = start.elapsed();
+            if now >= duration || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(due) = shard.step(cfg, now)? {
+                sleep_until(start, due.min(duration));
+            }
+        }
+        let mut r = shard.finish(cpu, start)?;
+        r.cpu_s = thread_cpu_seconds(ticks);
+        Ok(r)
+    }
 
     /// Runs the generator as configured and returns its report.
     pub fn run(cfg: &GenConfig) -> anyhow::Result<GenReport> {
         cfg.validate().map_err(anyhow::Error::msg)?;
-        let duration = Duration::from_secs_f64(cfg.duration);
         let seed = cfg.seed.unwrap_or_else(|| unix_ns(SystemTime::now()) ^ (std::process::id() as u64) << 32);
+        let ticks = crate::stats::clock_ticks();
+        let gate = Gate::default();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (gate, stop) = (&gate, &stop);
+            let mut others = Vec::new();
+            for i in 1..cfg.gen_cpus {
+                let t = std::thread::Builder::new()
+                    .name(format!("flood-{i}"))
+                    .spawn_scoped(s, move || flood_thread(cfg, i, seed, gate, stop, ticks));
+                match t {
+                    Ok(t) => others.push(t),
+                    Err(e) => {
+                        gate.open(false);
+                        return Err(anyhow::anyhow!("starting flood thread {i}: {e}"));
+                    }
+                }
+            }
+            let main = main_thread(cfg, seed, gate, others.len() as u32, ticks);
+            stop.store(main.is_err(), Ordering::Relaxed);
+            let mut threads = Vec::with_capacity(cfg.gen_cpus as usize);
+            let mut report = main?;
+            threads.append(&mut report.flood_threads);
+            for t in others {
+                threads.push(t.join().map_err(|_| anyhow::anyhow!("a flood thread panicked"))??);
+            }
+            report.gen_cpus = cfg.gen_cpus;
+            report.flood_sent = threads.iter().map(|t| t.sent).sum();
+            report.ring_full_waits = threads.iter().map(|t| t.ring_full_waits).sum();
+            report.tx_errors = threads.iter().map(|t| t.tx_errors).sum();
+            report.elapsed_s = threads.iter().map(|t| t.elapsed_s).fold(report.elapsed_s, f64::max);
+            if cfg.rate.is_zero() {
+                threads.clear();
+            }
+            report.flood_threads = threads;
+            Ok(report)
+        })
+    }
+
+    /// The main thread: thread 0's flood share, interleaved with the legitimate knocks.
+    /// Its report holds thread 0's counters in `flood_threads`.
+    fn main_thread(
+        cfg: &GenConfig,
+        seed: u64,
+        gate: &Gate,
+        others: u32,
+        ticks: u64,
+    ) -> anyhow::Result<GenReport> {
+        let duration = Duration::from_secs_f64(cfg.duration);
         let mut rng = Rng::new(seed);
-        let flood_on = !cfg.rate.is_zero();
-        // Frames are at most 74 bytes: 128-byte slots (32 of them header) keep the ring small.
-        let flood_cfg = TxConfig { frame_size: 128, frame_count: 8192, qdisc_bypass: true };
+        let cpu = thread_cpu(&cfg.pin_cpus, 0);
+        let rate = split_rate(cfg.rate, cfg.gen_cpus, 0);
         let legit_cfg = TxConfig { frame_size: 128, frame_count: 64, qdisc_bypass: true };
-        let mut flood = if flood_on { Some(TxRing::open(&cfg.iface, &flood_cfg)?) } else { None };
-        let mut legit_ring = if cfg.legit > 0 { Some(TxRing::open(&cfg.iface, &legit_cfg)?) } else { None };
+        let opened = pin(cpu).and_then(|()| {
+            let flood = FloodShard::open(cfg, rate, thread_seed(seed, 0))?;
+            let legit = if cfg.legit > 0 { Some(TxRing::open(&cfg.iface, &legit_cfg)?) } else { None };
+            Ok((flood, legit))
+        });
+        // Start every thread at once, with its ring open; or none if this one failed.
+        gate.wait_for(others);
+        gate.open(opened.is_ok());
+        let (mut flood, mut legit_ring) = opened?;
         let steps = cfg.ports.len() as u32;
         let schedule = legit_schedule(cfg.legit, steps, duration, Duration::from_millis(cfg.knock_gap_ms));
         let mut knockers: Vec<KnockerReport> = (0..cfg.legit)
@@ -384,13 +709,7 @@ mod tx {
             })
             .collect();
         let legit_sport: Vec<u16> = (0..cfg.legit).map(|_| 1024 + (rng.next_u64() % 60000) as u16).collect();
-        let (proto, flags) = match cfg.proto {
-            FloodProto::Syn => (Proto::Tcp, SYN),
-            FloodProto::Udp => (Proto::Udp, 0),
-        };
-        let pacer = Pacer::new(cfg.rate, cfg.batch as u64);
         let mut report = GenReport::default();
-        let mut queued: u64 = 0;
         let mut next_ev = 0usize;
         let start = Instant::now();
         loop {
@@ -437,30 +756,8 @@ mod tx {
             }
             let next_legit = schedule.get(next_ev).map(|e| e.at).unwrap_or(duration);
             match flood.as_mut() {
-                Some(ring) => {
-                    let allowed = pacer.allowed(now, queued);
-                    if allowed > 0 {
-                        let n = ring.queue(allowed as usize, |slot| {
-                            let (src, dst, sport, dport) = next_flood_frame(cfg, &mut rng);
-                            let spec = FrameSpec {
-                                src_mac: cfg.src_mac.0,
-                                dst_mac: cfg.dst_mac.0,
-                                src,
-                                dst,
-                                proto,
-                                src_port: sport,
-                                dst_port: dport,
-                                tcp_flags: flags,
-                            };
-                            write_frame(&spec, slot).unwrap_or(0)
-                        });
-                        queued += n as u64;
-                        ring.flush()?;
-                        if (n as u64) < allowed {
-                            report.ring_full_waits += 1;
-                            ring.wait_writable(Duration::from_millis(2))?;
-                        }
-                    } else if let Some(due) = pacer.next_due(queued) {
+                Some(shard) => {
+                    if let Some(due) = shard.step(cfg, now)? {
                         sleep_until(start, due.min(next_legit).min(duration));
                     }
                 }
@@ -468,17 +765,16 @@ mod tx {
             }
         }
         // Let the rings drain, then take the kernel's count.
-        if let Some(ring) = flood.as_mut() {
-            ring.drain(Duration::from_secs(2))?;
-            let st = ring.stats();
-            report.flood_sent = st.sent;
-            report.tx_errors =
-                st.wrong_format + st.rejected + queued.saturating_sub(st.sent + st.wrong_format);
-        }
-        report.elapsed_s = start.elapsed().as_secs_f64();
+        let mut mine = match flood {
+            Some(shard) => shard.finish(cpu, start)?,
+            None => idle_thread(cpu, rate, start),
+        };
+        mine.cpu_s = thread_cpu_seconds(ticks);
+        report.elapsed_s = mine.elapsed_s;
         if let Some(ring) = legit_ring.as_mut() {
             ring.drain(Duration::from_secs(1))?;
         }
+        report.flood_threads = vec![mine];
         report.knockers = knockers;
         Ok(report)
     }
@@ -535,6 +831,71 @@ mod tests {
     }
 
     #[test]
+    fn rate_splits_over_threads_add_up() {
+        for (rate, n) in [(20_000u64, 1u32), (20_000, 2), (100_001, 2), (10, 3), (1, 4), (0, 2), (999_999, 7)]
+        {
+            let shares: Vec<u64> = (0..n).map(|i| split_rate(Rate::Pps(rate), n, i).pps().unwrap()).collect();
+            assert_eq!(shares.iter().sum::<u64>(), rate, "{rate} over {n}: {shares:?}");
+            let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            assert!(hi - lo <= 1, "{rate} over {n}: {shares:?}");
+        }
+        assert_eq!(split_rate(Rate::Pps(100_001), 2, 0), Rate::Pps(50_001));
+        assert_eq!(split_rate(Rate::Pps(100_001), 2, 1), Rate::Pps(50_000));
+        // Fewer pps than threads: the last threads get nothing (and open no ring).
+        assert!(split_rate(Rate::Pps(1), 4, 3).is_zero());
+        // Flat out: every thread flat out.
+        assert!((0..4).all(|i| split_rate(Rate::Max, 4, i) == Rate::Max));
+    }
+
+    #[test]
+    fn thread_streams_differ_and_stay_out_of_the_legit_net() {
+        for seed in [0u64, 42, u64::MAX] {
+            let seeds: Vec<u64> = (0..8).map(|i| thread_seed(seed, i)).collect();
+            let mut uniq = seeds.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            assert_eq!(uniq.len(), seeds.len(), "seed {seed}: {seeds:?}");
+            // No stream is another one shifted by a few steps (SplitMix64 states one
+            // gamma apart would be): the first frames of two threads share no source.
+            let cfg = base_cfg();
+            let firsts: Vec<std::collections::HashSet<IpAddr>> = seeds
+                .iter()
+                .map(|&s| {
+                    let mut rng = Rng::new(s);
+                    (0..64).map(|_| next_flood_frame(&cfg, &mut rng).0).collect()
+                })
+                .collect();
+            for a in 0..firsts.len() {
+                for b in a + 1..firsts.len() {
+                    assert!(firsts[a].intersection(&firsts[b]).count() <= 1, "threads {a} and {b}");
+                }
+            }
+            for &s in &seeds {
+                let mut rng = Rng::new(s);
+                for _ in 0..20_000 {
+                    match next_flood_frame(&cfg, &mut rng).0 {
+                        IpAddr::V4(ip) => assert!(!is_legit_net(ip), "{ip}"),
+                        IpAddr::V6(ip) => assert_eq!(ip.segments()[..2], [0x2001, 0x0db8]),
+                    }
+                }
+            }
+        }
+        // The same seed gives the same streams (a run can be repeated).
+        assert_eq!(thread_seed(7, 1), thread_seed(7, 1));
+        assert_ne!(thread_seed(7, 1), thread_seed(8, 1));
+    }
+
+    #[test]
+    fn threads_are_pinned_round_robin() {
+        assert_eq!(thread_cpu(&[], 0), None);
+        assert_eq!(thread_cpu(&[3], 2), Some(3));
+        assert_eq!(
+            (0..4).map(|i| thread_cpu(&[0, 1], i)).collect::<Vec<_>>(),
+            [Some(0), Some(1), Some(0), Some(1)]
+        );
+    }
+
+    #[test]
     fn flood_ports() {
         let mut rng = Rng::new(7);
         let (mut first, mut other) = (0, 0);
@@ -571,6 +932,28 @@ mod tests {
         let long = legit_schedule(50, 3, Duration::from_secs(600), Duration::from_millis(2));
         assert_eq!(long[0].at, Duration::from_secs(10));
         assert!(long.last().unwrap().at < Duration::from_secs(481));
+    }
+
+    fn base_cfg() -> GenConfig {
+        GenConfig {
+            iface: "sc1".into(),
+            src_mac: Mac([2, 0, 0, 0, 0, 1]),
+            dst_mac: Mac([2, 0, 0, 0, 0, 2]),
+            dst_ip: Ipv4Addr::new(198, 18, 1, 1),
+            dst_ip6: Some("2001:db8:1::1".parse().unwrap()),
+            v6_share: 0.5,
+            flood: FloodMode::FirstPort,
+            proto: FloodProto::Syn,
+            rate: Rate::Max,
+            duration: 1.0,
+            ports: vec![7000, 8000, 9000],
+            legit: 0,
+            knock_gap_ms: 2,
+            seed: Some(1),
+            batch: 128,
+            gen_cpus: 1,
+            pin_cpus: vec![],
+        }
     }
 
     #[test]
@@ -612,5 +995,16 @@ mod tests {
         assert!(v6.validate().is_err());
         v6.dst_ip6 = Some("2001:db8:1::1".parse().unwrap());
         v6.validate().unwrap();
+        assert_eq!(g.gen_cpus, 1);
+        assert!(g.pin_cpus.is_empty() && !g.to_args().contains(&"--pin-cpus".to_string()));
+        let mut multi = g.clone();
+        multi.gen_cpus = 2;
+        multi.pin_cpus = vec![0, 1];
+        let again = W::try_parse_from(std::iter::once("x".to_string()).chain(multi.to_args())).unwrap().g;
+        assert_eq!((again.gen_cpus, again.pin_cpus.clone()), (2, vec![0, 1]));
+        for bad in [0, MAX_GEN_CPUS + 1] {
+            multi.gen_cpus = bad;
+            assert!(multi.validate().unwrap_err().contains("gen-cpus"));
+        }
     }
 }

@@ -55,7 +55,15 @@ pub struct RunResult {
     /// Frames the generator sent (flood and legitimate) and their rate.
     pub offered_packets: u64,
     pub offered_pps: f64,
-    /// Frames the server's veth received (`rx_packets` delta) and their rate.
+    /// Flood frames the generator sent per second, summed over its flood threads: the
+    /// flood rate actually reached (flat out, what the generator's cores managed).
+    #[serde(default)]
+    pub flood_sent_pps: f64,
+    /// Flood threads (cores) the generator used (`--gen-cpus`).
+    #[serde(default = "one")]
+    pub gen_cpus: u32,
+    /// Frames the server's veth received (`rx_packets` delta) and their rate: what
+    /// reached the daemon's side.
     pub delivered_packets: u64,
     pub delivered_pps: f64,
     /// `rx_dropped` delta of the server's veth.
@@ -97,9 +105,14 @@ pub struct RunResult {
     pub generator: GenSummary,
 }
 
+fn one() -> u32 {
+    1
+}
+
 /// The generator's counters as kept in the results (the per-knocker detail is not).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GenSummary {
+    /// Summed over the flood threads.
     pub flood_sent: u64,
     pub legit_frames_sent: u64,
     pub elapsed_s: f64,
@@ -107,9 +120,22 @@ pub struct GenSummary {
     pub ring_full_waits: u64,
     /// Frames the flood's TX ring reported as not sent (wrong format / errors).
     pub tx_errors: u64,
+    /// Each flood thread: its core, its share of the rate, frames sent, CPU seconds.
+    #[serde(default)]
+    pub flood_threads: Vec<crate::gen::FloodThreadReport>,
 }
 
 impl RunResult {
+    /// Flood frames sent per second: `flood_sent_pps`, or for results written before
+    /// it existed, the generator's flood count over its time.
+    pub fn flood_pps(&self) -> f64 {
+        if self.flood_sent_pps > 0.0 || self.generator.elapsed_s <= 0.0 {
+            self.flood_sent_pps
+        } else {
+            (self.generator.flood_sent as f64 / self.generator.elapsed_s).round()
+        }
+    }
+
     /// The x-axis label of this run's rate: `max` or a short number (`10k`, `1.5M`).
     pub fn rate_label(&self) -> String {
         match self.target_pps {
@@ -170,6 +196,8 @@ pub(crate) fn sample_run(daemon: &str, rate: Option<u64>, ok: u64, cpu: f64) -> 
         duration_s: 10.0,
         offered_packets: 100,
         offered_pps: 10.0,
+        flood_sent_pps: 9.0,
+        gen_cpus: 1,
         delivered_packets: 100,
         delivered_pps: 10.0,
         server_rx_dropped: 0,
@@ -252,6 +280,8 @@ mod tests {
             "flood",
             "target_rate",
             "offered_pps",
+            "flood_sent_pps",
+            "gen_cpus",
             "delivered_pps",
             "legit_sent",
             "legit_succeeded",
@@ -271,6 +301,17 @@ mod tests {
         assert!((first["latency_ms"]["p50"].as_f64().unwrap() - 3.0).abs() < 0.005);
         assert_eq!(first["rss_series_kib"][1], serde_json::json!([1.0, 1200]));
         assert_eq!(runs[0].rate_label(), "max");
+        // Results from before `flood_sent_pps` and `gen_cpus`: the rate from the
+        // generator's counts, one core.
+        let mut old = first.clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("flood_sent_pps");
+        o.remove("gen_cpus");
+        o["generator"]["flood_sent"] = serde_json::json!(5000);
+        o["generator"]["elapsed_s"] = serde_json::json!(2.0);
+        let old: RunResult = serde_json::from_value(old).unwrap();
+        assert_eq!((old.gen_cpus, old.flood_sent_pps, old.flood_pps()), (1, 0.0, 2500.0));
+        assert_eq!(runs[0].flood_pps(), 9.0);
         assert_eq!(runs[1].rate_label(), "10k");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -36,9 +36,12 @@ pub struct RunConfig {
     pub ports: Vec<u16>,
     /// The door's `seq_timeout`.
     pub seq_timeout: u32,
-    /// Core the generator is pinned to with `taskset` (default: the first core this
-    /// process may use); `None`: not pinned.
+    /// Core the generator's first thread is pinned to (default: the first core this
+    /// process may use); its other flood threads go on the allowed cores after it
+    /// ([`stats::gen_cpu_list`]). `None`: not pinned.
     pub gen_cpu: Option<usize>,
+    /// Flood threads of the generator, each with its own TX ring and core.
+    pub gen_cpus: u32,
     /// Cores the daemon is pinned to (a `taskset -c` list such as `1` or `1-3`);
     /// `None`: not pinned.
     pub daemon_cpus: Option<String>,
@@ -68,6 +71,7 @@ impl RunConfig {
             ports: vec![7000, 8000, 9000],
             seq_timeout: 5,
             gen_cpu: Some(stats::first_allowed_cpu()),
+            gen_cpus: 1,
             daemon_cpus: None,
             success_window: Duration::from_secs(5),
             bench_exe,
@@ -193,16 +197,16 @@ pub struct Generator {
 }
 
 impl Generator {
-    /// Starts `exe gen ARGS` in the client namespace, pinned to `cpu` if given.
+    /// Starts `exe gen ARGS` in the client namespace. Unless `cfg` names the cores
+    /// itself (`pin_cpus`), its first thread is pinned to `cpu` if given and its other
+    /// flood threads to the allowed cores after it ([`stats::gen_cpu_list`]); each
+    /// thread pins itself.
     pub fn start(lab: &Lab, exe: &Path, cfg: &GenConfig, cpu: Option<usize>) -> anyhow::Result<Generator> {
-        let mut cmd = match cpu.filter(|_| sesame_lab::which("taskset").is_some()) {
-            Some(cpu) => {
-                let mut c = lab.client.command("taskset");
-                c.arg("-c").arg(cpu.to_string()).arg(exe);
-                c
-            }
-            None => lab.client.command(exe),
-        };
+        let mut cfg = cfg.clone();
+        if let (Some(first), true) = (cpu, cfg.pin_cpus.is_empty()) {
+            cfg.pin_cpus = stats::gen_cpu_list(&stats::allowed_cpus(), first, cfg.gen_cpus);
+        }
+        let mut cmd = lab.client.command(exe);
         cmd.arg("gen").args(cfg.to_args()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().context("starting the generator")?;
         let pid = child.id();
@@ -436,6 +440,8 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         knock_gap_ms: cfg.knock_gap_ms,
         seed: None,
         batch: 128,
+        gen_cpus: cfg.gen_cpus,
+        pin_cpus: Vec::new(),
     };
     gen_cfg.validate().map_err(anyhow::Error::msg)?;
     let rx0 = iface_counter(&lab.server, &lab.server_if, "rx_packets")?;
@@ -449,8 +455,22 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
     progress(
         cfg,
         format!(
-            "generator: {} flood + {} knock frames in {:.2} s",
-            report.flood_sent, report.legit_frames_sent, report.elapsed_s
+            "generator: {} flood + {} knock frames in {:.2} s from {} flood thread(s): {}",
+            report.flood_sent,
+            report.legit_frames_sent,
+            report.elapsed_s,
+            report.gen_cpus,
+            report
+                .flood_threads
+                .iter()
+                .map(|t| format!(
+                    "cpu {} sent {} ({} cpu s)",
+                    t.cpu.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    t.sent,
+                    t.cpu_s.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into())
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     );
 
@@ -523,6 +543,8 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
         duration_s: round3(report.elapsed_s),
         offered_packets: offered,
         offered_pps: (offered as f64 / elapsed).round(),
+        flood_sent_pps: (report.flood_sent as f64 / elapsed).round(),
+        gen_cpus: report.gen_cpus,
         delivered_packets: delivered,
         delivered_pps: (delivered as f64 / elapsed).round(),
         server_rx_dropped: drop1.saturating_sub(drop0),
@@ -553,6 +575,7 @@ pub fn run_once(cfg: &RunConfig) -> anyhow::Result<RunResult> {
             elapsed_s: round3(report.elapsed_s),
             ring_full_waits: report.ring_full_waits,
             tx_errors: report.tx_errors,
+            flood_threads: report.flood_threads.clone(),
         },
     };
     if !running {
@@ -580,10 +603,12 @@ pub fn summary_line(r: &RunResult) -> String {
         _ => String::new(),
     };
     format!(
-        "{:<8} {:>6} pps: offered {:.0} pps, delivered {:.0} pps, legit {}/{}, {lat}, cpu {:.2} s ({:.0}%), \
-         peak rss {} KiB, kernel drops {}, evictions {}{growth}",
+        "{:<8} {:>6} pps: flood sent {:.0} pps from {} gen cpu(s), offered {:.0} pps, delivered {:.0} pps, \
+         legit {}/{}, {lat}, cpu {:.2} s ({:.0}%), peak rss {} KiB, kernel drops {}, evictions {}{growth}",
         r.daemon,
         r.target_rate,
+        r.flood_sent_pps,
+        r.gen_cpus,
         r.offered_pps,
         r.delivered_pps,
         r.legit_succeeded,

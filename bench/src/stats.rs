@@ -76,6 +76,46 @@ pub fn first_allowed_cpu() -> usize {
         .unwrap_or(0)
 }
 
+/// Every CPU of a `Cpus_allowed_list` value (`0-1`, `2,4-7`), ascending; `None` if
+/// it does not parse.
+pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let v: usize = part.parse().ok()?;
+                (v, v)
+            }
+        };
+        if hi < lo || hi - lo > 1 << 16 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Some(cpus)
+}
+
+/// The CPUs this process may run on (from `/proc/self/status`); empty if unknown.
+pub fn allowed_cpus() -> Vec<usize> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:").and_then(parse_cpu_list)))
+        .unwrap_or_default()
+}
+
+/// The cores of `n` generator threads, the first on `first`: `first`, then the
+/// allowed cores after it, wrapping round to the ones before it, and round again
+/// (threads then share cores) when `n` is more than there are.
+pub fn gen_cpu_list(allowed: &[usize], first: usize, n: u32) -> Vec<usize> {
+    let mut ring: Vec<usize> = vec![first];
+    ring.extend(allowed.iter().copied().filter(|&c| c > first));
+    ring.extend(allowed.iter().copied().filter(|&c| c < first));
+    (0..n as usize).map(|i| ring[i % ring.len()]).collect()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 if that cannot be run).
 pub fn clock_ticks() -> u64 {
     std::process::Command::new("getconf")
@@ -123,6 +163,25 @@ mod tests {
         assert!(parse_stats_line("[2024-05-01 10:00] 198.18.0.2: openSSH: Stage 1").is_none());
         assert!(parse_stats_line("shutting down").is_none());
         assert!(parse_stats_line("[x").is_none());
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("2,4-6, 0"), Some(vec![0, 2, 4, 5, 6]));
+        assert_eq!(parse_cpu_list("3"), Some(vec![3]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("x"), None);
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert!(!allowed_cpus().is_empty());
+        // The first thread on the core asked for, the next ones on the following cores.
+        assert_eq!(gen_cpu_list(&[0, 1], 0, 1), [0]);
+        assert_eq!(gen_cpu_list(&[0, 1], 0, 2), [0, 1]);
+        assert_eq!(gen_cpu_list(&[0, 1, 2, 3], 2, 3), [2, 3, 0]);
+        // More threads than cores: they share, round robin.
+        assert_eq!(gen_cpu_list(&[0, 1], 1, 3), [1, 0, 1]);
+        // A core outside the allowed list is still the first (pinning it then fails loudly).
+        assert_eq!(gen_cpu_list(&[0, 1], 5, 2), [5, 0]);
     }
 
     #[test]

@@ -37,9 +37,9 @@ pub mod wire;
 
 pub use error::CaptureError;
 
-/// CPU and memory hints for the packet path.
+/// CPU placement and memory hints for the packet path.
 pub mod hint {
-    pub use crate::sys::{advise_huge_pages, prefetch};
+    pub use crate::sys::{advise_huge_pages, pin_current_thread, prefetch};
 }
 pub use frame::{parse_frame, FrameError, Knock, Proto};
 pub use link::Link;

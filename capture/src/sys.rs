@@ -1,8 +1,8 @@
 //! The only unsafe code of the project: thin, safe wrappers over the syscalls the
 //! capture layer needs (an `AF_PACKET` socket, its TPACKET_V3 RX ring mapping,
 //! classic BPF attachment, `poll(2)` and `SO_ERROR`, `if_nametoindex(3)`,
-//! `getifaddrs(3)` and the interface's link type), and, with the `tx` feature, a
-//! TPACKET_V2 TX ring.
+//! `getifaddrs(3)` and the interface's link type, `sched_setaffinity(2)` for one thread),
+//! and, with the `tx` feature, a TPACKET_V2 TX ring.
 //!
 //! Nothing here knows about knocks. Every function returns a plain `io::Error`;
 //! the callers in `ring`/`iface`/`link` add which operation and interface it was about.
@@ -337,6 +337,31 @@ pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf takes no pointers and has no preconditions.
     let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(v).ok().filter(|&v| v > 0).unwrap_or(4096)
+}
+
+/// Pins the calling thread to CPU `cpu`: `sched_setaffinity(0, ...)` with a set of that
+/// one CPU (pid 0 is the calling thread, not the whole process). Fails with
+/// `InvalidInput` for a CPU number the set cannot hold, and with the kernel's `EINVAL`
+/// for a CPU that is offline or outside this thread's cpuset.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} is out of range")));
+    }
+    // SAFETY: cpu_set_t is a plain array of integers, for which all zero bits is a valid
+    // value (the empty set); CPU_SET writes one bit of the set we own mutably, at an index
+    // checked above to be below CPU_SETSIZE, the set's size in bits.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    };
+    // SAFETY: the pointer and size describe `set`, alive and initialised for the call;
+    // the kernel only reads it.
+    let rc = unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `poll(2)` over `fds`; returns how many have events (0 on timeout). `EINTR` is an
@@ -747,4 +772,33 @@ pub fn advise_huge_pages<T>(region: &mut [std::mem::MaybeUninit<T>]) -> bool {
     // memory owned by the caller. MADV_HUGEPAGE changes only how the kernel backs the
     // range (the same bytes, in larger pages); it never unmaps or alters contents.
     unsafe { libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Cpus_allowed_list` of the calling thread.
+    fn allowed_list() -> String {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_owned()
+    }
+
+    #[test]
+    fn pins_only_the_calling_thread() {
+        let before = allowed_list();
+        // The first CPU this thread may use: the lowest number of the list.
+        let first: usize = before.split([',', '-']).next().unwrap().parse().unwrap();
+        let pinned = std::thread::spawn(move || {
+            pin_current_thread(first).unwrap();
+            allowed_list()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(pinned, first.to_string());
+        // The test's own thread is untouched.
+        assert_eq!(allowed_list(), before);
+        let err = pin_current_thread(libc::CPU_SETSIZE as usize).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
 }

@@ -108,8 +108,14 @@ struct Common {
     #[arg(long, default_value_t = 5.0)]
     success_window: f64,
     /// Core to pin the generator to (`none`: no pinning; default: the first core allowed).
+    /// With --gen-cpus N, the first of its N cores.
     #[arg(long)]
     gen_cpu: Option<String>,
+    /// Flood threads of the generator, each pinned to its own core (--gen-cpu, then the
+    /// allowed cores after it) with its own TX ring and its own share of --rate (`max`:
+    /// each flat out). The legitimate knockers stay on the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=gen::MAX_GEN_CPUS as i64))]
+    gen_cpus: u32,
     /// Cores to pin the daemon to (a `taskset -c` list, e.g. `1` or `1-3`; default: not pinned).
     #[arg(long, value_name = "LIST")]
     daemon_cpus: Option<String>,
@@ -362,6 +368,7 @@ fn run_matrix(c: &Common, rates: &[Rate]) -> anyhow::Result<()> {
             cfg.knock_gap_ms = c.knock_gap_ms;
             cfg.ports = c.sequence.clone();
             cfg.gen_cpu = gen_cpu;
+            cfg.gen_cpus = c.gen_cpus;
             cfg.daemon_cpus = c.daemon_cpus.clone();
             cfg.success_window = Duration::from_secs_f64(c.success_window);
             cfg.keep_logs = Some(c.out.join("logs"));
