@@ -108,6 +108,34 @@ pub struct DoorStats {
     pub wrong_port: u64,
 }
 
+/// What a matcher counts per door while metrics are on, from which [`DoorStats`] is
+/// derived: each knock costs one increment at most (a completion adds the
+/// knock-to-open time).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    started: u64,
+    /// Attempts moved on to a stage short of the last.
+    advanced: u64,
+    completed: u64,
+    /// Of `completed`, those done by their first knock (one-port doors): that knock
+    /// is one stage, not two.
+    opened_at_start: u64,
+    timeouts: u64,
+    wrong_port: u64,
+}
+
+impl Counts {
+    fn stats(&self) -> DoorStats {
+        DoorStats {
+            started: self.started,
+            stages: self.started + self.advanced + self.completed - self.opened_at_start,
+            completed: self.completed,
+            timeouts: self.timeouts,
+            wrong_port: self.wrong_port,
+        }
+    }
+}
+
 /// Upper bounds, in whole seconds, of the knock-to-open histogram's buckets (a last
 /// bucket, +Inf, follows). Knock times are whole seconds, as knockd keeps them.
 pub const OPEN_BOUNDS: [u64; 8] = [0, 1, 2, 3, 5, 10, 30, 60];
@@ -143,7 +171,7 @@ pub struct Matcher {
     /// off (not counted at all) when sesamed serves no metrics.
     metrics: bool,
     /// Per door, by index in `doors`.
-    per_door: Vec<DoorStats>,
+    per_door: Vec<Counts>,
     open_times: OpenTimes,
     /// Whether any door is one-time (only then is the shared state polled).
     has_one_time: bool,
@@ -167,7 +195,7 @@ impl Matcher {
         let has_one_time = doors.one_time.iter().any(Option::is_some);
         Matcher {
             metrics: false,
-            per_door: vec![DoorStats::default(); mine.len()],
+            per_door: vec![Counts::default(); mine.len()],
             open_times: OpenTimes::default(),
             ports: PortIndex::new(&mine),
             shared: doors,
@@ -207,8 +235,8 @@ impl Matcher {
 
     /// Per-door counters, in the order of [`Matcher::door_keys`] (zero unless
     /// [`Matcher::set_metrics`] is on).
-    pub fn door_stats(&self) -> &[DoorStats] {
-        &self.per_door
+    pub fn door_stats(&self) -> impl ExactSizeIterator<Item = DoorStats> + '_ {
+        self.per_door.iter().map(Counts::stats)
     }
 
     /// The identity of each door, by the matcher's door index.
@@ -337,16 +365,14 @@ impl Matcher {
             match att.knock(door, k) {
                 Advance::Next(next) => {
                     if self.metrics {
-                        self.per_door[id].stages += 1;
+                        self.per_door[id].advanced += 1;
                     }
                     out.event(Event::Stage { src: k.src, door: key, stage: next.stage() });
                     // Taken just now, so its slot is free: this cannot be refused.
                     self.attempts.insert(&bucket, id as DoorId, next);
                 }
                 Advance::Open(opened) => {
-                    if self.metrics {
-                        self.per_door[id].stages += 1;
-                    }
+                    // Its stage is counted as a completion, by `open`.
                     out.event(Event::Stage { src: k.src, door: key, stage: att.stage() + 1 });
                     self.open(opened, k.src, id as DoorId, now.saturating_sub(att.started()), out);
                 }
@@ -374,9 +400,7 @@ impl Matcher {
                 Start::Knocking(att) => {
                     if self.attempts.insert(&bucket, id as DoorId, att) != Inserted::Rejected {
                         if self.metrics {
-                            let d = &mut self.per_door[id];
-                            d.started += 1;
-                            d.stages += 1;
+                            self.per_door[id].started += 1;
                         }
                         out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     }
@@ -385,7 +409,7 @@ impl Matcher {
                     if self.metrics {
                         let d = &mut self.per_door[id];
                         d.started += 1;
-                        d.stages += 1;
+                        d.opened_at_start += 1;
                     }
                     out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     self.open(opened, k.src, id as DoorId, 0, out);
@@ -620,7 +644,7 @@ mod tests {
         m.expire(110, &mut Vec::new());
         let a = DoorStats { started: 2, stages: 4, completed: 1, timeouts: 0, wrong_port: 1 };
         let b = DoorStats { started: 1, stages: 1, completed: 0, timeouts: 1, wrong_port: 0 };
-        assert_eq!(m.door_stats(), [a, b]);
+        assert_eq!(m.door_stats().collect::<Vec<_>>(), [a, b]);
         assert_eq!(m.door_keys().collect::<Vec<_>>(), [k("a"), k("b")]);
         assert_eq!(m.open_times().sum, 2);
         assert_eq!(m.open_times().buckets[2], 1, "2 s falls in the le=2 bucket");
@@ -634,7 +658,7 @@ mod tests {
             metrics: Default::default(),
         };
         m.reload(Doors::new(&config).unwrap());
-        assert_eq!(m.door_stats(), [DoorStats::default(), b, a]);
+        assert_eq!(m.door_stats().collect::<Vec<_>>(), [DoorStats::default(), b, a]);
     }
 
     #[test]
@@ -660,9 +684,9 @@ mod tests {
         assert_eq!(on.stats(), off.stats(), "the summary's counters do not depend on metrics");
         let a = DoorStats { started: 3, stages: 5, completed: 1, timeouts: 1, wrong_port: 1 };
         let one = DoorStats { started: 1, stages: 1, completed: 1, timeouts: 0, wrong_port: 0 };
-        assert_eq!(on.door_stats(), [a, one]);
+        assert_eq!(on.door_stats().collect::<Vec<_>>(), [a, one]);
         assert_eq!(on.open_times().buckets.iter().sum::<u64>(), 2);
-        assert_eq!(off.door_stats(), [DoorStats::default(); 2]);
+        assert_eq!(off.door_stats().collect::<Vec<_>>(), [DoorStats::default(); 2]);
         assert_eq!(*off.open_times(), OpenTimes::default());
     }
 

@@ -79,7 +79,7 @@ pub struct DoorCounts {
 impl DoorCounts {
     /// Counters for `matcher`'s doors, starting from what it counted so far.
     pub fn of(matcher: &Matcher) -> DoorCounts {
-        let counts = matcher.door_stats().iter().map(|d| Self::values(d).map(AtomicU64::new)).collect();
+        let counts = matcher.door_stats().map(|d| Self::values(&d).map(AtomicU64::new)).collect();
         DoorCounts { keys: matcher.door_keys().collect(), counts }
     }
 
@@ -88,9 +88,9 @@ impl DoorCounts {
         [d.stages, d.completed, d.timeouts, d.wrong_port, d.started]
     }
 
-    fn store(&self, stats: &[DoorStats]) {
+    fn store(&self, stats: impl Iterator<Item = DoorStats>) {
         for (c, d) in self.counts.iter().zip(stats) {
-            for (a, v) in c.iter().zip(Self::values(d)) {
+            for (a, v) in c.iter().zip(Self::values(&d)) {
                 a.store(v, Ordering::Relaxed);
             }
         }
