@@ -93,15 +93,47 @@ pub struct MatchStats {
     pub tracker: TrackerStats,
 }
 
-/// Counters of one door in one matcher (metrics), kept by the matcher's door index.
+/// Counters of one door in one matcher (metrics), kept by the matcher's door index
+/// while [`Matcher::set_metrics`] is on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DoorStats {
+    /// Attempts begun: first knocks (of a source with no attempt at this door) that
+    /// the attempt table took, including a one-port door's whole sequence.
+    pub started: u64,
     /// Knocks that reached a stage (`Stage N` events, rate-limited in the log or not).
     pub stages: u64,
     pub completed: u64,
     pub timeouts: u64,
     /// Attempts broken by a knock at another knock port.
     pub wrong_port: u64,
+}
+
+/// What a matcher counts per door while metrics are on, from which [`DoorStats`] is
+/// derived: each knock costs one increment at most (a completion adds the
+/// knock-to-open time).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counts {
+    started: u64,
+    /// Attempts moved on to a stage short of the last.
+    advanced: u64,
+    completed: u64,
+    /// Of `completed`, those done by their first knock (one-port doors): that knock
+    /// is one stage, not two.
+    opened_at_start: u64,
+    timeouts: u64,
+    wrong_port: u64,
+}
+
+impl Counts {
+    fn stats(&self) -> DoorStats {
+        DoorStats {
+            started: self.started,
+            stages: self.started + self.advanced + self.completed - self.opened_at_start,
+            completed: self.completed,
+            timeouts: self.timeouts,
+            wrong_port: self.wrong_port,
+        }
+    }
 }
 
 /// Upper bounds, in whole seconds, of the knock-to-open histogram's buckets (a last
@@ -135,8 +167,11 @@ pub struct Matcher {
     ports: PortIndex,
     attempts: Tracker,
     stats: MatchStats,
+    /// Whether `per_door` and `open_times` are kept: the metrics endpoint's series,
+    /// off (not counted at all) when sesamed serves no metrics.
+    metrics: bool,
     /// Per door, by index in `doors`.
-    per_door: Vec<DoorStats>,
+    per_door: Vec<Counts>,
     open_times: OpenTimes,
     /// Whether any door is one-time (only then is the shared state polled).
     has_one_time: bool,
@@ -159,7 +194,8 @@ impl Matcher {
         let mine = doors.initial.clone();
         let has_one_time = doors.one_time.iter().any(Option::is_some);
         Matcher {
-            per_door: vec![DoorStats::default(); mine.len()],
+            metrics: false,
+            per_door: vec![Counts::default(); mine.len()],
             open_times: OpenTimes::default(),
             ports: PortIndex::new(&mine),
             shared: doors,
@@ -181,13 +217,26 @@ impl Matcher {
         self.local[slot] = local;
     }
 
+    /// Keeps (or stops keeping) the per-door counters and the knock-to-open times:
+    /// what only the metrics endpoint reads. Off when a matcher is made. The counters
+    /// kept so far stay as they are.
+    pub fn set_metrics(&mut self, on: bool) {
+        self.metrics = on;
+    }
+
+    /// Whether [`Matcher::door_stats`] and [`Matcher::open_times`] are being kept.
+    pub fn metrics(&self) -> bool {
+        self.metrics
+    }
+
     pub fn stats(&self) -> MatchStats {
         MatchStats { tracker: self.attempts.stats(), ..self.stats }
     }
 
-    /// Per-door counters, in the order of [`Matcher::door_keys`].
-    pub fn door_stats(&self) -> &[DoorStats] {
-        &self.per_door
+    /// Per-door counters, in the order of [`Matcher::door_keys`] (zero unless
+    /// [`Matcher::set_metrics`] is on).
+    pub fn door_stats(&self) -> impl ExactSizeIterator<Item = DoorStats> + '_ {
+        self.per_door.iter().map(Counts::stats)
     }
 
     /// The identity of each door, by the matcher's door index.
@@ -306,20 +355,24 @@ impl Matcher {
             if att.expired(door, now) {
                 // Expired before this packet: dropped first, as knockd does.
                 self.stats.timeouts += 1;
-                self.per_door[id].timeouts += 1;
+                if self.metrics {
+                    self.per_door[id].timeouts += 1;
+                }
                 out.event(Event::Timeout { src: k.src, door: key, stage: att.stage() });
                 continue;
             }
             live = true;
             match att.knock(door, k) {
                 Advance::Next(next) => {
-                    self.per_door[id].stages += 1;
+                    if self.metrics {
+                        self.per_door[id].advanced += 1;
+                    }
                     out.event(Event::Stage { src: k.src, door: key, stage: next.stage() });
                     // Taken just now, so its slot is free: this cannot be refused.
                     self.attempts.insert(&bucket, id as DoorId, next);
                 }
                 Advance::Open(opened) => {
-                    self.per_door[id].stages += 1;
+                    // Its stage is counted as a completion, by `open`.
                     out.event(Event::Stage { src: k.src, door: key, stage: att.stage() + 1 });
                     self.open(opened, k.src, id as DoorId, now.saturating_sub(att.started()), out);
                 }
@@ -328,7 +381,9 @@ impl Matcher {
                 }
                 Advance::Broken => {
                     self.stats.broken += 1;
-                    self.per_door[id].wrong_port += 1;
+                    if self.metrics {
+                        self.per_door[id].wrong_port += 1;
+                    }
                 }
             }
         }
@@ -344,12 +399,18 @@ impl Matcher {
             match Knocking::start(door, k, now) {
                 Start::Knocking(att) => {
                     if self.attempts.insert(&bucket, id as DoorId, att) != Inserted::Rejected {
-                        self.per_door[id].stages += 1;
+                        if self.metrics {
+                            self.per_door[id].started += 1;
+                        }
                         out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     }
                 }
                 Start::Open(opened) => {
-                    self.per_door[id].stages += 1;
+                    if self.metrics {
+                        let d = &mut self.per_door[id];
+                        d.started += 1;
+                        d.opened_at_start += 1;
+                    }
                     out.event(Event::Stage { src: k.src, door: key, stage: 1 });
                     self.open(opened, k.src, id as DoorId, 0, out);
                 }
@@ -361,8 +422,10 @@ impl Matcher {
     /// A sequence completed, `took` seconds after its first knock.
     fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, took: Secs, out: &mut impl Sink) {
         self.stats.opened += 1;
-        self.per_door[usize::from(id)].completed += 1;
-        self.open_times.observe(took);
+        if self.metrics {
+            self.per_door[usize::from(id)].completed += 1;
+            self.open_times.observe(took);
+        }
         out.event(Event::Open { src, door: self.doors[usize::from(id)].key });
         if self.shared.one_time[usize::from(id)].is_some() {
             self.next_one_time(id, out);
@@ -467,13 +530,16 @@ impl Matcher {
         self.swept = now;
         let doors = &self.doors;
         let per_door = &mut self.per_door;
+        let metrics = self.metrics;
         let mut fired = 0;
         self.attempts.sweep(|src, id, att| {
             let door = &doors[usize::from(id)];
             let expired = att.expired(door, now);
             if expired {
                 fired += 1;
-                per_door[usize::from(id)].timeouts += 1;
+                if metrics {
+                    per_door[usize::from(id)].timeouts += 1;
+                }
                 out.event(Event::Timeout { src, door: door.key, stage: att.stage() });
             }
             expired
@@ -569,15 +635,16 @@ mod tests {
     #[test]
     fn per_door_counters_follow_stages_successes_failures_and_reloads() {
         let mut m = matcher(vec![door("a", "7000,8000,9000", 5), door("b", "6000,6001", 5)]);
+        m.set_metrics(true);
         run(&mut m, &[(100, tcp(A, 7000, SYN)), (101, tcp(A, 8000, SYN)), (102, tcp(A, 9000, SYN))]);
         // Wrong port: 7000 then 9000 breaks the attempt at `a`.
         run(&mut m, &[(103, tcp(B, 7000, SYN)), (103, tcp(B, 9000, SYN))]);
         // Timeout: `b` begun and left.
         run(&mut m, &[(104, tcp(A, 6000, SYN))]);
         m.expire(110, &mut Vec::new());
-        let a = DoorStats { stages: 4, completed: 1, timeouts: 0, wrong_port: 1 };
-        let b = DoorStats { stages: 1, completed: 0, timeouts: 1, wrong_port: 0 };
-        assert_eq!(m.door_stats(), [a, b]);
+        let a = DoorStats { started: 2, stages: 4, completed: 1, timeouts: 0, wrong_port: 1 };
+        let b = DoorStats { started: 1, stages: 1, completed: 0, timeouts: 1, wrong_port: 0 };
+        assert_eq!(m.door_stats().collect::<Vec<_>>(), [a, b]);
         assert_eq!(m.door_keys().collect::<Vec<_>>(), [k("a"), k("b")]);
         assert_eq!(m.open_times().sum, 2);
         assert_eq!(m.open_times().buckets[2], 1, "2 s falls in the le=2 bucket");
@@ -591,7 +658,36 @@ mod tests {
             metrics: Default::default(),
         };
         m.reload(Doors::new(&config).unwrap());
-        assert_eq!(m.door_stats(), [DoorStats::default(), b, a]);
+        assert_eq!(m.door_stats().collect::<Vec<_>>(), [DoorStats::default(), b, a]);
+    }
+
+    #[test]
+    fn without_metrics_nothing_is_counted_and_matching_is_the_same() {
+        let doors = || vec![door("a", "7000,8000,9000", 5), door("one", "1234:udp", 5)];
+        let knocks = [
+            (100, tcp(A, 7000, SYN)),
+            (101, tcp(A, 8000, SYN)),
+            (102, tcp(A, 9000, SYN)),
+            (103, tcp(B, 7000, SYN)),
+            (103, tcp(B, 9000, SYN)),
+            (104, udp(B, 1234)),
+            (104, tcp(A, 7000, SYN)),
+        ];
+        let mut on = matcher(doors());
+        on.set_metrics(true);
+        let mut off = matcher(doors());
+        assert!(!off.metrics(), "off unless asked for");
+        let (mut ev_on, mut ev_off) = (run(&mut on, &knocks), run(&mut off, &knocks));
+        on.expire(120, &mut ev_on);
+        off.expire(120, &mut ev_off);
+        assert_eq!(ev_on, ev_off);
+        assert_eq!(on.stats(), off.stats(), "the summary's counters do not depend on metrics");
+        let a = DoorStats { started: 3, stages: 5, completed: 1, timeouts: 1, wrong_port: 1 };
+        let one = DoorStats { started: 1, stages: 1, completed: 1, timeouts: 0, wrong_port: 0 };
+        assert_eq!(on.door_stats().collect::<Vec<_>>(), [a, one]);
+        assert_eq!(on.open_times().buckets.iter().sum::<u64>(), 2);
+        assert_eq!(off.door_stats().collect::<Vec<_>>(), [DoorStats::default(); 2]);
+        assert_eq!(*off.open_times(), OpenTimes::default());
     }
 
     #[test]

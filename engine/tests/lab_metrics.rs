@@ -6,8 +6,13 @@
 //! rules in `grafana/sesame-alerts.yml` must load and evaluate cleanly, and every query
 //! of `grafana/sesame-dashboard.json` must return data.
 //!
-//! Needs `prometheus` (with `promtool`) and `curl` (`scripts/quickstart test` installs
-//! them). Namespaces, addresses (198.18.0.0/15, 2001:db8::/32) and processes are the
+//! Then a short flood over the veth (first knocks from spoofed sources of
+//! 198.19.0.0/16, each followed by a wrong port) must put the flood and scan alerts
+//! into `pending` or `firing` in Prometheus' `/api/v1/alerts` while it lasts; before
+//! it, no alert is pending or firing.
+//!
+//! Needs `prometheus` (with `promtool`), `curl` and `python3` (`scripts/quickstart
+//! test` installs them). Namespaces, addresses (198.18.0.0/15, 2001:db8::/32) and processes are the
 //! test's own and go away with its guards, also when it fails.
 
 mod common;
@@ -16,7 +21,7 @@ use common::*;
 use sesame_lab::{wait_until, ChildGuard, Lab, Netns, TempDir};
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const METRICS: &str = "127.0.0.1:9105";
 const PROMETHEUS: &str = "127.0.0.1:9190";
@@ -32,6 +37,7 @@ const SERIES: &[&str] = &[
     "sesame_capture_drops_total",
     "sesame_packets_malformed_total",
     "sesame_knock_stages_total",
+    "sesame_attempts_started_total",
     "sesame_sequences_completed_total",
     "sesame_sequences_failed_total",
     "sesame_tracker_slots",
@@ -75,12 +81,56 @@ fn scalar(ns: &Netns, promql: &str) -> Option<f64> {
     query(ns, promql).and_then(|v| v.first().copied())
 }
 
+/// Every alert in Prometheus' `/api/v1/alerts` (pending or firing) as (name, state).
+fn alerts(ns: &Netns) -> Option<Vec<(String, String)>> {
+    let body = curl(ns, &[&format!("http://{PROMETHEUS}/api/v1/alerts")])?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let list = v["data"]["alerts"].as_array()?;
+    Some(
+        list.iter()
+            .map(|a| {
+                let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                (s(&a["labels"]["alertname"]), s(&a["state"]))
+            })
+            .collect(),
+    )
+}
+
+/// The alert rules of the flood and of the scan (`grafana/sesame-alerts.yml`).
+const FLOOD_ALERTS: [&str; 2] = ["SesameKnockFlood", "SesameKnockScan"];
+/// Spoofed sources in the flood; each sends a first knock, then a wrong port.
+const FLOOD_SOURCES: u32 = 30_000;
+/// Packets per second the flood is paced at (so it lasts 20 s at least), and the
+/// longest it may run.
+const FLOOD_RATE: u32 = 3_000;
+const FLOOD_MAX: Duration = Duration::from_secs(90);
+
+/// Sends the 40-byte IPv4 packets laid end to end in the file argv[1] through a raw
+/// socket (its own IP headers, so spoofed sources) to argv[2], at most argv[3] per
+/// second, stopping after argv[4] seconds at the latest.
+const FLOOD_PY: &str = r#"import socket, sys, time
+data = open(sys.argv[1], 'rb').read()
+dst, rate, limit = sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+start = time.monotonic()
+for i in range(len(data) // 40):
+    s.sendto(data[40 * i:40 * (i + 1)], (dst, 0))
+    if i % 50 == 49:
+        now = time.monotonic()
+        if now - start > limit:
+            break
+        ahead = start + (i + 1) / rate - now
+        if ahead > 0:
+            time.sleep(ahead)
+print(i + 1, 'packets in', round(time.monotonic() - start, 1), 's')
+"#;
+
 #[test]
 fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
     if !sesame_lab::require_root("prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks") {
         return;
     }
-    for tool in ["prometheus", "promtool", "curl"] {
+    for tool in ["prometheus", "promtool", "curl", "python3"] {
         assert!(
             sesame_lab::which(tool).is_some(),
             "{tool} is missing: `scripts/quickstart test` installs it (apt: prometheus, curl)"
@@ -199,6 +249,9 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
         (format!("sum(sesame_sequences_failed_total{{{door}}})"), wrong_port + timeouts),
         // 3 per correct sequence, 1 for each wrong one's first knock (then broken or left).
         (format!("sesame_knock_stages_total{{{door}}}"), 3.0 * correct + 3.0),
+        // Each sequence, correct or wrong, began with one first knock.
+        (format!("sesame_attempts_started_total{{{door}}}"), correct + wrong_port + timeouts),
+        (format!("sesame_attempts_started_total{{{grant}}}"), 1.0),
         (format!("sesame_grants_total{{{door},result=\"opened\"}}"), correct),
         (format!("sesame_sequences_completed_total{{{grant}}}"), 1.0),
         (format!("sesame_knock_stages_total{{{grant}}}"), 2.0),
@@ -268,11 +321,73 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
     }
     let evaluated = wait_until(Duration::from_secs(10), || {
         curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/rules")])
-            .is_some_and(|r| r.matches("\"health\":\"ok\"").count() == 8)
+            .is_some_and(|r| r.matches("\"health\":\"ok\"").count() == 10)
     });
     let rules = curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/rules")]).unwrap_or_default();
     assert!(evaluated, "not every rule evaluated cleanly: {rules}");
+    for name in FLOOD_ALERTS {
+        assert!(rules.contains(&format!("\"name\":\"{name}\"")), "Prometheus lacks the rule {name}: {rules}");
+    }
     assert_eq!(query(&lab.server, "ALERTS").unwrap_or_default(), [] as [f64; 0], "alerts fire: {rules}");
+    let before = alerts(&lab.server).expect("/api/v1/alerts answers");
+    assert!(before.is_empty(), "alerts pending or firing before the flood: {before:?}");
+
+    // The flood, over the veth only: first knocks at 7000 from spoofed sources, each
+    // then knocking 9000, which breaks its attempt (a wrong port).
+    let started_before = scalar(&lab.server, "sum(sesame_attempts_started_total)").unwrap_or(f64::NAN);
+    let mut packets = Vec::with_capacity(2 * FLOOD_SOURCES as usize);
+    for i in 0..FLOOD_SOURCES {
+        let src = IpAddr::V4(std::net::Ipv4Addr::from(0xC613_0000 + 1 + i)); // 198.19.0.1 on
+        for port in [7000, 9000] {
+            let p = sesame_lab::ip_packet_tcp(src, IpAddr::V4(lab.server_v4), 40000, port, 0x02);
+            assert_eq!(p.len(), 40);
+            packets.extend_from_slice(&p);
+        }
+    }
+    let flood_file = dir.join("flood.bin");
+    std::fs::write(&flood_file, &packets).unwrap();
+    let flood_out = dir.join("flood.out");
+    let mut cmd = lab.client.command("python3");
+    cmd.args(["-c", FLOOD_PY])
+        .arg(&flood_file)
+        .arg(lab.server_v4.to_string())
+        .arg(FLOOD_RATE.to_string())
+        .arg(FLOOD_MAX.as_secs().to_string())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&flood_out).unwrap())
+        .stderr(std::fs::File::create(dir.join("flood.err")).unwrap());
+    let flood_start = Instant::now();
+    // Killed by its guard once the alerts are seen, or by the namespace's.
+    let mut flood = ChildGuard::spawn(&mut cmd).unwrap();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut during = true;
+    let raised = wait_until(FLOOD_MAX, || {
+        seen = alerts(&lab.server).unwrap_or_default();
+        during = flood.is_running();
+        FLOOD_ALERTS
+            .iter()
+            .all(|name| seen.iter().any(|(n, state)| n == name && (state == "pending" || state == "firing")))
+            || !during
+    });
+    let took = flood_start.elapsed();
+    drop(flood);
+    let flood_diag = || {
+        format!(
+            "flood sender: {} {}\nfirst knocks counted: {:?} before, {:?} now\n{}",
+            read(&flood_out),
+            read(&dir.join("flood.err")),
+            started_before,
+            scalar(&lab.server, "sum(sesame_attempts_started_total)"),
+            curl(&lab.server, &[&format!("http://{PROMETHEUS}/api/v1/alerts")]).unwrap_or_default()
+        )
+    };
+    assert!(
+        raised && during,
+        "the flood alerts were not pending or firing during the flood ({took:?}, flood running: {during}): \
+         {seen:?}\n{}",
+        flood_diag()
+    );
+    eprintln!("during the flood, after {took:?}: {seen:?}\n{}", flood_diag());
 
     // The dashboard's queries (Grafana's interval variables made concrete) all return data.
     let dashboard = std::fs::read_to_string(DASHBOARD).unwrap();
@@ -287,7 +402,7 @@ fn prometheus_scrapes_every_series_and_counts_correct_and_wrong_knocks() {
                 .replace("$__range", "5m")
         })
         .collect();
-    assert!(exprs.len() >= 17, "the dashboard has {} queries", exprs.len());
+    assert!(exprs.len() >= 20, "the dashboard has {} queries", exprs.len());
     for expr in &exprs {
         let url = format!("http://{PROMETHEUS}/api/v1/query");
         let body = curl(&lab.server, &["--get", "--data-urlencode", &format!("query={expr}"), &url]);

@@ -192,7 +192,7 @@ impl Sources {
         t.sample("sesame_packets_malformed_total", &[], self.total(|p| &p.malformed));
 
         // Per door, by name: each worker's door index mapped through its own table.
-        let mut doors: BTreeMap<DoorKey, [u64; 4]> = BTreeMap::new();
+        let mut doors: BTreeMap<DoorKey, [u64; 5]> = BTreeMap::new();
         for w in &self.workers {
             let table = w.doors.lock().unwrap_or_else(|p| p.into_inner()).clone();
             for (key, counts) in table.keys.iter().zip(table.counts.iter()) {
@@ -202,15 +202,23 @@ impl Sources {
                 }
             }
         }
-        let named: Vec<(String, [u64; 4])> =
+        let named: Vec<(String, [u64; 5])> =
             doors.into_iter().map(|(k, c)| (k.name().to_string(), c)).collect();
         // Doors sharing a name (knockd allows it) add up under it.
-        let mut by_name: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+        let mut by_name: BTreeMap<&str, [u64; 5]> = BTreeMap::new();
         for (name, c) in &named {
             let sum = by_name.entry(name).or_default();
             for (s, v) in sum.iter_mut().zip(c) {
                 *s += v;
             }
+        }
+        t.family(
+            "sesame_attempts_started_total",
+            "counter",
+            "Knock attempts begun: first knocks of a source with no attempt at the door.",
+        );
+        for (door, c) in &by_name {
+            t.sample("sesame_attempts_started_total", &[("door", door)], c[4]);
         }
         t.family("sesame_knock_stages_total", "counter", "Knocks that moved a sequence on by one stage.");
         for (door, c) in &by_name {
@@ -651,6 +659,7 @@ mod tests {
         let ex = executor();
         let (s, published) = sources(&ex);
         published.doors.lock().unwrap().counts[0][1].store(2, Ordering::Relaxed);
+        published.doors.lock().unwrap().counts[0][4].store(5, Ordering::Relaxed);
         published.interfaces[0].packets.store(7, Ordering::Relaxed);
         let t0 = SystemTime::now();
         s.firewall.on_report(&Report::Operation {
@@ -671,6 +680,7 @@ mod tests {
             "sesame_capture_packets_total{interface=\"eth0\"} 7",
             "sesame_sequences_completed_total{door=\"ssh \\\"x\\\"\"} 2",
             "sesame_sequences_failed_total{door=\"ssh \\\"x\\\"\",reason=\"wrong_port\"} 0",
+            "sesame_attempts_started_total{door=\"ssh \\\"x\\\"\"} 5",
             "sesame_grants_open{door=\"ssh \\\"x\\\"\"} 1",
             "sesame_grants_total{door=\"ssh \\\"x\\\"\",result=\"opened\"} 1",
             "sesame_firewall_operations_total{backend=\"command\",op=\"open\",result=\"ok\"} 1",

@@ -20,6 +20,7 @@ mod worker;
 pub use firewall::{list as list_grants, remove as remove_firewall, Firewall};
 pub use settings::Settings;
 pub use sizing::{RingSize, Sizing, SizingError};
+pub use worker::{publish_matcher, DoorCounts, OpenCounts};
 
 use crate::config::{Config, DEFAULT_PID_FILE};
 use crate::doors::Doors;
@@ -202,7 +203,9 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         };
 
     let mut workers = Vec::new();
-    for (n, (matcher, rings)) in prepared.into_iter().enumerate() {
+    for (n, (mut matcher, rings)) in prepared.into_iter().enumerate() {
+        // Without the endpoint, nobody reads the per-door counters: none are kept.
+        matcher.set_metrics(metrics.is_some());
         let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
         let published = Published::new(interfaces.len(), &matcher);
         let sink = WorkerSink {

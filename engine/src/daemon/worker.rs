@@ -8,7 +8,7 @@ use super::limiter::Limiter;
 use crate::doors::DoorKey;
 use crate::doors::Doors;
 use crate::log::{Log, LogItem};
-use crate::matcher::{DoorStats, Event, Matcher, Secs, Sink, BATCH, OPEN_BOUNDS};
+use crate::matcher::{DoorStats, Event, Matcher, OpenTimes, Secs, Sink, BATCH, OPEN_BOUNDS};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crossbeam_utils::CachePadded;
 use sesame_capture::ring::{self, Ring, RingStats};
@@ -70,25 +70,27 @@ pub(crate) struct RingCounts {
 
 /// Per-door counters of one worker, by the worker's door index.
 #[derive(Default)]
-pub(crate) struct DoorCounts {
+pub struct DoorCounts {
     pub(crate) keys: Vec<DoorKey>,
-    /// stages, completed, timeouts, wrong port
-    pub(crate) counts: Box<[[AtomicU64; 4]]>,
+    /// See [`DoorCounts::values`] for the order.
+    pub(crate) counts: Box<[[AtomicU64; 5]]>,
 }
 
 impl DoorCounts {
-    fn of(matcher: &Matcher) -> DoorCounts {
-        let counts = matcher
-            .door_stats()
-            .iter()
-            .map(|d| [d.stages, d.completed, d.timeouts, d.wrong_port].map(AtomicU64::new))
-            .collect();
+    /// Counters for `matcher`'s doors, starting from what it counted so far.
+    pub fn of(matcher: &Matcher) -> DoorCounts {
+        let counts = matcher.door_stats().map(|d| Self::values(&d).map(AtomicU64::new)).collect();
         DoorCounts { keys: matcher.door_keys().collect(), counts }
     }
 
-    fn store(&self, stats: &[DoorStats]) {
+    /// stages, completed, timeouts, wrong port, started
+    pub(crate) fn values(d: &DoorStats) -> [u64; 5] {
+        [d.stages, d.completed, d.timeouts, d.wrong_port, d.started]
+    }
+
+    fn store(&self, stats: impl Iterator<Item = DoorStats>) {
         for (c, d) in self.counts.iter().zip(stats) {
-            for (a, v) in c.iter().zip([d.stages, d.completed, d.timeouts, d.wrong_port]) {
+            for (a, v) in c.iter().zip(Self::values(&d)) {
                 a.store(v, Ordering::Relaxed);
             }
         }
@@ -97,9 +99,30 @@ impl DoorCounts {
 
 /// The knock-to-open histogram ([`OpenTimes`]) as atomics.
 #[derive(Default)]
-pub(crate) struct OpenCounts {
+pub struct OpenCounts {
     pub(crate) buckets: [AtomicU64; OPEN_BOUNDS.len() + 1],
     pub(crate) sum: AtomicU64,
+}
+
+impl OpenCounts {
+    fn store(&self, open: &OpenTimes) {
+        for (a, v) in self.buckets.iter().zip(open.buckets) {
+            a.store(v, Ordering::Relaxed);
+        }
+        self.sum.store(open.sum, Ordering::Relaxed);
+    }
+}
+
+/// What a worker hands the metrics endpoint of its matcher's own counters, once per
+/// wake: one relaxed store per counter, by the worker alone, into counters no other
+/// worker writes. Nothing when the matcher keeps no metrics ([`Matcher::set_metrics`]),
+/// as when sesamed serves none. Public so that the hot-path benchmark measures exactly
+/// this.
+pub fn publish_matcher(matcher: &Matcher, doors: &DoorCounts, open: &OpenCounts) {
+    if matcher.metrics() {
+        doors.store(matcher.door_stats());
+        open.store(matcher.open_times());
+    }
 }
 
 impl Published {
@@ -391,12 +414,7 @@ impl Worker {
             ring.drops += drops;
         }
         let m = self.matcher.stats();
-        self.door_counts.store(self.matcher.door_stats());
-        let open = self.matcher.open_times();
-        for (a, v) in p.open_times.buckets.iter().zip(open.buckets) {
-            a.store(v, Ordering::Relaxed);
-        }
-        p.open_times.sum.store(open.sum, Ordering::Relaxed);
+        publish_matcher(&self.matcher, &self.door_counts, &p.open_times);
         p.malformed.store(self.malformed, Ordering::Relaxed);
         p.suppressed.store(self.sink.limiter.suppressed, Ordering::Relaxed);
         p.packets.store(ring.packets, Ordering::Relaxed);
