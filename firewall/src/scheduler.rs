@@ -1400,6 +1400,25 @@ mod tests {
         assert_eq!(sim.counters.pending.load(Relaxed), 0);
     }
 
+    /// For the native grants of addresses `0..n` lasting `t`: when each that opened
+    /// fell due (its open's start plus `t`), and the latest start of a close after
+    /// that. Each opened once and closed once, never early; the rest never opened.
+    fn due_and_late(sim: &Sim, n: u32, t: Duration) -> (Vec<Duration>, Duration) {
+        let (mut due, mut late) = (vec![], Duration::ZERO);
+        for i in 0..n {
+            let open = sim.started(&format!("fake open {} {}s", ip(i), t.as_secs()));
+            let close = sim.started(&format!("fake close {}", ip(i)));
+            if let ([o], [c]) = (&open[..], &close[..]) {
+                assert!(*c >= *o + t, "{}: open {o:?}, close {c:?}", ip(i));
+                late = late.max(*c - (*o + t));
+                due.push(*o + t);
+            } else {
+                assert!(open.is_empty() && close.is_empty(), "{}: {open:?} {close:?}", ip(i));
+            }
+        }
+        (due, late)
+    }
+
     #[test]
     fn no_more_grants_fall_due_together_than_the_firewall_closes_in_a_second() {
         // One operation at a time, opens 10 ms, closes 50 ms (an iptables -D searching
@@ -1417,19 +1436,8 @@ mod tests {
             sim.knock(native("ssh", ip(i), 5 * S));
         }
         sim.run_to(60 * S);
-        let (mut opened, mut late, mut due) = (0, Duration::ZERO, vec![]);
-        for i in 0..400u32 {
-            let open = sim.started(&format!("fake open {} 5s", ip(i)));
-            let close = sim.started(&format!("fake close {}", ip(i)));
-            if let ([o], [c]) = (&open[..], &close[..]) {
-                opened += 1;
-                assert!(*c >= *o + 5 * S, "{}: open {o:?}, close {c:?}", ip(i));
-                late = late.max(*c - (*o + 5 * S));
-                due.push(*o + 5 * S);
-            } else {
-                assert!(open.is_empty() && close.is_empty(), "{}: {open:?} {close:?}", ip(i));
-            }
-        }
+        let (mut due, late) = due_and_late(&sim, 400, 5 * S);
+        let opened = due.len();
         due.sort();
         let most = due.iter().map(|t| due.iter().filter(|u| *u >= t && **u <= *t + S).count()).max();
         assert!(most <= Some(20), "{most:?} fall due within a second");
@@ -1453,16 +1461,8 @@ mod tests {
             sim.knock(native("ssh", ip(i), 5 * S));
         }
         sim.run_to(60 * S);
-        let (mut opened, mut late) = (0, Duration::ZERO);
-        for i in 0..n {
-            let open = sim.started(&format!("fake open {} 5s", ip(i)));
-            let close = sim.started(&format!("fake close {}", ip(i)));
-            if let ([o], [c]) = (&open[..], &close[..]) {
-                opened += 1;
-                assert!(*c >= *o + 5 * S, "{}: open {o:?}, close {c:?}", ip(i));
-                late = late.max(*c - (*o + 5 * S));
-            }
-        }
+        let (due, late) = due_and_late(&sim, n, 5 * S);
+        let opened = due.len();
         assert!(opened >= 1000, "{opened} opened");
         assert!(late <= 50 * MS, "a close started {late:?} late");
         let times: Vec<Instant> = sim.ops.iter().map(|o| o.start).collect();
