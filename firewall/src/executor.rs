@@ -674,9 +674,10 @@ impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
                 return;
             }
             // At least once per HEARTBEAT, even with nothing to do: the turn is the heartbeat.
-            let wait = self.scheduler.next_wake().map_or(HEARTBEAT, |at| {
-                at.saturating_duration_since(Instant::now()).min(HEARTBEAT)
-            });
+            let wait = self
+                .scheduler
+                .next_wake()
+                .map_or(HEARTBEAT, |at| at.saturating_duration_since(Instant::now()).min(HEARTBEAT));
             let msg = self.rx.recv_timeout(wait);
             match msg {
                 Ok(Msg::Open(req)) => self.scheduler.request(req, Now::real()),

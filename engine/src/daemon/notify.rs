@@ -189,7 +189,10 @@ mod tests {
         let mut h = Health::new(s);
         assert!(h.check([1, 1].into_iter(), t0));
         assert!(h.check([2, 1].into_iter(), t0 + Duration::from_secs(1)));
-        assert!(!h.check([3, 1].into_iter(), t0 + Duration::from_secs(2)), "the second has not turned for 2 s");
+        assert!(
+            !h.check([3, 1].into_iter(), t0 + Duration::from_secs(2)),
+            "the second has not turned for 2 s"
+        );
         assert!(h.check([4, 2].into_iter(), t0 + Duration::from_secs(3)), "it turned again");
     }
 
