@@ -435,7 +435,18 @@ fn package_installs_into_a_fresh_debian_and_its_unit_runs_with_watchdog() {
     });
     assert!(again, "no WATCHDOG=1 after the worker went on: {got:?}\n{}", diag(&root));
 
-    // Stop as systemd does: SIGTERM, STOPPING=1, exit 0, the grant closed.
+    // `systemctl reload` (ExecReload= sends SIGHUP): RELOADING=1, then READY=1 again.
+    let before = got.len();
+    daemon.signal("HUP").unwrap();
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        receive(&sock, &mut got);
+        let after: Vec<&str> =
+            got[before..].iter().map(|(_, m)| m.as_str()).filter(|m| *m != "WATCHDOG=1").collect();
+        after.starts_with(&["RELOADING=1", "READY=1"])
+    });
+    assert!(reloaded, "no RELOADING=1, READY=1 after SIGHUP: {:?}\n{}", &got[before..], diag(&root));
+
+    // Stop as systemd does: SIGTERM, STOPPING=1, exit 0.
     daemon.signal("TERM").unwrap();
     let status = daemon.wait_timeout(Duration::from_secs(15)).unwrap().expect("sesamed exits after SIGTERM");
     receive(&sock, &mut got);
