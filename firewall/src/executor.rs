@@ -239,7 +239,13 @@ pub(crate) struct Counters {
     pub journal_errors: AtomicU64,
     /// Set when the scheduler thread ends, however it ends.
     pub stopped: std::sync::atomic::AtomicBool,
+    /// Turns of the scheduler thread's loop: it turns at least every [`HEARTBEAT`].
+    pub beats: AtomicU64,
 }
+
+/// The longest the scheduler thread waits without turning its loop, so that a
+/// watchdog can tell a thread that waits from one that is stuck ([`ExecutorHandle::beats`]).
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The executor's counters at one moment, for metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -472,6 +478,12 @@ impl ExecutorHandle {
     pub fn stats(&self) -> Stats {
         self.counters.stats()
     }
+
+    /// How many turns the scheduler thread's loop has made: it grows at least every
+    /// [`HEARTBEAT`] while the thread runs, and stops growing when it is stuck or gone.
+    pub fn beats(&self) -> u64 {
+        self.counters.beats.load(Relaxed)
+    }
 }
 
 fn validate(c: &ExecutorConfig) -> Result<(), ExecutorError> {
@@ -655,15 +667,18 @@ impl<R: CommandRunner, T: From<Report> + Send + 'static> Looper<R, T> {
         let _stopped = Stopped(self.counters.clone());
         let mut shutting_down = false;
         loop {
+            self.counters.beats.fetch_add(1, Relaxed);
             self.scheduler.tick(Now::real());
             self.apply();
             if shutting_down && self.scheduler.finished() {
                 return;
             }
-            let msg = match self.scheduler.next_wake() {
-                Some(at) => self.rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            // At least once per HEARTBEAT, even with nothing to do: the turn is the heartbeat.
+            let wait = self
+                .scheduler
+                .next_wake()
+                .map_or(HEARTBEAT, |at| at.saturating_duration_since(Instant::now()).min(HEARTBEAT));
+            let msg = self.rx.recv_timeout(wait);
             match msg {
                 Ok(Msg::Open(req)) => self.scheduler.request(req, Now::real()),
                 Ok(Msg::Done { id, result }) => self.scheduler.done(id, result, Now::real()),

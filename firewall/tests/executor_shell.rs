@@ -3,7 +3,7 @@
 //! journal brings grants through a crash.
 
 use crossbeam_channel::{unbounded, Receiver};
-use sesame_firewall::{Action, Executor, ExecutorConfig, GrantRequest, Report, ShellRunner};
+use sesame_firewall::{Action, Executor, ExecutorConfig, GrantRequest, Report, ShellRunner, Stats};
 use sesame_lab::{wait_until, TempDir};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -140,6 +140,10 @@ fn grants_survive_a_crash_and_each_stop_runs_once() {
     let reports: Vec<Report> = rx.try_iter().collect();
     assert!(reports.contains(&Report::ExpiredWhileDown { ip: IP, door_name: "x".into() }), "{reports:?}");
     assert!(reports.iter().any(|r| matches!(r, Report::Rearmed { door_name, .. } if door_name == "y")));
+    // The stop command's line is written before its operation's end reaches the
+    // scheduler thread, which counts it: wait for the count, do not race it.
+    let counted = |s: Stats| (s.opened, s.closed, s.open_grants) == (0, 2, 0);
+    wait_until(Duration::from_secs(5), || counted(second.stats()));
     let stats = second.stats();
     assert_eq!((stats.opened, stats.closed, stats.open_grants), (0, 2, 0), "{stats:?}");
     second.shutdown();

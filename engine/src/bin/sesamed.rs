@@ -79,6 +79,12 @@ fn interface_name(name: &str) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
+    // Read, then removed while this is the only thread, so that the commands the doors
+    // run do not inherit systemd's socket.
+    let notify = daemon::Notifier::from_env();
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        std::env::remove_var(var);
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         ops_log: args.ops_log,
         metrics_listen: args.metrics_listen,
+        notify,
     };
     match daemon::run(settings) {
         Ok(()) => ExitCode::SUCCESS,

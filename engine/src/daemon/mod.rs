@@ -10,6 +10,7 @@ mod firewall;
 mod interfaces;
 mod limiter;
 mod metrics;
+mod notify;
 mod reload;
 mod rings;
 mod settings;
@@ -18,6 +19,7 @@ mod supervisor;
 mod worker;
 
 pub use firewall::{list as list_grants, remove as remove_firewall, Firewall};
+pub use notify::Notifier;
 pub use settings::Settings;
 pub use sizing::{RingSize, Sizing, SizingError};
 pub use worker::{publish_matcher, DoorCounts, OpenCounts};
@@ -256,6 +258,10 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let failing = vec![false; interfaces.len()];
+    // Capture is up: every worker runs on its rings.
+    if let Err(e) = s.notify.notify("READY=1\nSTATUS=capturing") {
+        log.text(format!("warning: cannot notify systemd ({e})"));
+    }
     let mut supervisor = Supervisor {
         settings: &s,
         log: &log,
@@ -267,8 +273,11 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
         reported: Reported::default(),
         failing,
         reloads,
+        executor: executor.handle(),
+        watchdog: s.notify.watchdog().map(notify::Watchdog::new),
     };
     let result = supervisor.run(&term, &hup);
+    let _ = s.notify.notify("STOPPING=1");
     if let Some(server) = server {
         server.stop();
     }

@@ -25,6 +25,8 @@ pub struct Settings {
     pub ops_log: Option<PathBuf>,
     /// `--metrics-listen`: where to serve `/metrics` and `/healthz`; overrides `[metrics] listen`.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// systemd's notification socket and watchdog, when run as a `Type=notify` service.
+    pub notify: super::notify::Notifier,
 }
 
 impl Settings {

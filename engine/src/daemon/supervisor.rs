@@ -10,6 +10,7 @@
 use super::firewall::Firewall;
 use super::interfaces::{Change, Interfaces, Kernel, State};
 use super::metrics::Reloads;
+use super::notify::Watchdog;
 use super::reload::reload;
 use super::rings::RingFactory;
 use super::worker::{Control, Published, Shared};
@@ -18,6 +19,7 @@ use crate::doors::Doors;
 use crate::log::Log;
 use crossbeam_channel::Sender;
 use sesame_capture::watch::{Changes, LinkWatcher};
+use sesame_firewall::ExecutorHandle;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -90,6 +92,10 @@ pub(crate) struct Supervisor<'a> {
     /// Per interface slot: its rings could not be opened at the last try (said once).
     pub(crate) failing: Vec<bool>,
     pub(crate) reloads: Arc<Reloads>,
+    /// Its loop's turns are watched, as the workers' are.
+    pub(crate) executor: ExecutorHandle,
+    /// systemd's watchdog, when it asked for one.
+    pub(crate) watchdog: Option<Watchdog>,
 }
 
 impl Supervisor<'_> {
@@ -130,9 +136,12 @@ impl Supervisor<'_> {
                 return Ok(());
             }
             if hup.swap(false, Ordering::Relaxed) {
-                if let Some((doors, firewall)) =
-                    reload(self.settings, &self.interfaces, &self.firewall, self.workers, self.log)
-                {
+                let _ = self.settings.notify.reloading();
+                let reloaded =
+                    reload(self.settings, &self.interfaces, &self.firewall, self.workers, self.log);
+                // READY=1 also when the running configuration was kept: it still runs.
+                let _ = self.settings.notify.notify("READY=1");
+                if let Some((doors, firewall)) = reloaded {
                     self.doors = doors;
                     self.firewall = firewall;
                     self.reloads.ok.fetch_add(1, Ordering::Relaxed);
@@ -147,8 +156,34 @@ impl Supervisor<'_> {
             if self.reported.since.is_some_and(|t| t.elapsed() >= REPORT_EVERY) {
                 self.reported.report(self.workers, self.log);
             }
+            self.pet_watchdog();
         }
         Ok(())
+    }
+
+    /// Sends `WATCHDOG=1` when it is due and every capture worker and the executor's
+    /// scheduler have turned their loops lately: a stuck (or stopped) thread stops the
+    /// petting, and systemd restarts the daemon one watchdog timeout later.
+    fn pet_watchdog(&mut self) {
+        let Some(w) = &mut self.watchdog else { return };
+        let beats = self
+            .workers
+            .iter()
+            .map(|w| w.published.beats.load(Ordering::Relaxed))
+            .chain(std::iter::once(self.executor.beats()));
+        let now = Instant::now();
+        let healthy = w.health.check(beats, now);
+        if healthy == w.stuck {
+            w.stuck = !healthy;
+            self.log.text(if healthy {
+                "watchdog: every capture worker and the firewall executor turn again".to_owned()
+            } else {
+                "warning: watchdog: a capture worker or the firewall executor is stuck; not petting the systemd watchdog".to_owned()
+            });
+        }
+        if w.due(healthy, now) {
+            let _ = self.settings.notify.notify("WATCHDOG=1");
+        }
     }
 
     fn tell(&self, control: impl Fn() -> Control) {

@@ -60,6 +60,9 @@ pub(crate) struct Published {
     pub(crate) rejected: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) capacity: AtomicU64,
+    /// Turns of the worker's loop (at least one every 250 ms while it runs): the
+    /// systemd watchdog is pet only while it grows.
+    pub(crate) beats: AtomicU64,
 }
 
 #[derive(Default)]
@@ -399,6 +402,7 @@ impl Worker {
 
     fn publish(&self) {
         let p = &self.published;
+        p.beats.fetch_add(1, Ordering::Relaxed);
         let mut ring = RingStats::default();
         for (slot, (closed, out)) in self.closed.iter().zip(p.interfaces.iter()).enumerate() {
             let (mut packets, mut drops) = (closed.packets, closed.drops);
