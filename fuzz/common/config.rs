@@ -53,7 +53,9 @@ pub fn run(syntax: Syntax, text: &str) {
             assert!(message.starts_with(&format!("{}:{}: ", path.display(), e.line)), "{message}");
             match syntax {
                 // Every knockd.conf error is about one line of the file.
-                Syntax::Knockd => assert!((1..=lines).contains(&e.line), "line {} of {lines}: {message}", e.line),
+                Syntax::Knockd => {
+                    assert!((1..=lines).contains(&e.line), "line {} of {lines}: {message}", e.line)
+                }
                 // toml may point just past the last newline (an unterminated value).
                 Syntax::Toml => assert!(e.line <= lines + 1, "line {} of {lines}: {message}", e.line),
             }
@@ -64,7 +66,11 @@ pub fn run(syntax: Syntax, text: &str) {
     assert_eq!(config.source, path);
     for door in &config.doors {
         assert!(!door.name.is_empty());
-        assert!(!door.sequence.is_empty() || door.one_time.is_some(), "door '{}' without sequence", door.name);
+        assert!(
+            !door.sequence.is_empty() || door.one_time.is_some(),
+            "door '{}' without sequence",
+            door.name
+        );
         assert!(door.sequence.len() <= 32, "door '{}': {} steps", door.name, door.sequence.len());
         assert!((1..=lines).contains(&door.lines.door), "door '{}' at line {}", door.name, door.lines.door);
     }
@@ -96,7 +102,9 @@ pub fn run(syntax: Syntax, text: &str) {
     let toml = native::to_toml(&config);
     let back_path = Path::new("/etc/converted.toml");
     match native::parse(back_path, &toml) {
-        Ok(back) => assert_eq!(back, Config { source: back_path.to_owned(), ..config }, "round trip of\n{toml}"),
+        Ok(back) => {
+            assert_eq!(back, Config { source: back_path.to_owned(), ..config }, "round trip of\n{toml}")
+        }
         Err(e) => panic!("converted TOML does not parse: {e}\n{toml}"),
     }
 }
