@@ -489,7 +489,7 @@ fn non_empty(value: Option<String>) -> Option<String> {
 /// [`line_of`] and the `[[door]]` header line, for every door of one file, in
 /// logarithmic and constant time: computed per door from the start of the text, they
 /// made a file with many doors quadratic (65,536 doors, 2 MB: unfinished after 9 CPU
-/// minutes in a debug test build; now some 20 s there, most of it in toml).
+/// minutes in a debug test build; now some 20 s there, on a busy machine).
 pub(crate) struct Lines {
     /// Byte offset where each line starts (line 1 at 0).
     starts: Vec<usize>,
