@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// A door's place in one [`Doors`] table. Valid only with that table.
 pub type DoorId = u16;
 
+// Every door of a config that parsed has an id.
+const _: () = assert!(crate::config::MAX_DOORS <= DoorId::MAX as usize);
+
 /// A door's identity: its name (and, for a name that several sections share, as
 /// knockd allows, which of them it is). Equal keys are the same door across reloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,7 +106,8 @@ pub struct Doors {
 impl Doors {
     /// Compiles the config's doors, reading the one-time-sequence files.
     pub fn new(config: &Config) -> Result<Arc<Doors>, ConfigError> {
-        assert!(config.doors.len() <= usize::from(DoorId::MAX), "too many doors");
+        // The parsers refuse this already; a `Config` built in code is refused here.
+        crate::config::check_door_count(&config.source, &config.doors)?;
         let mut initial = Vec::new();
         let mut one_time = Vec::new();
         for (door, key) in config.doors.iter().zip(keys(config)) {
@@ -252,6 +256,14 @@ mod tests {
         assert_ne!(k[0], k[1]);
         assert_eq!(&*k[1].name(), "dup-k");
         assert_eq!(keys(&config(&["dup-k", "dup-k"])), k[..2]);
+    }
+
+    /// Was `assert!(... "too many doors")`: a panic for a config built in code.
+    #[test]
+    fn more_doors_than_ids_is_an_error() {
+        let e = Doors::new(&config(&vec!["many-k"; crate::config::MAX_DOORS + 1])).unwrap_err();
+        assert!(e.to_string().contains("one door too many"), "{e}");
+        assert!(Doors::new(&config(&vec!["many-k"; crate::config::MAX_DOORS])).is_ok());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         parser.line(index + 1, raw.trim())?;
     }
     parser.finish_door()?;
+    super::check_door_count(path, &parser.doors)?;
     Ok(Config {
         source: path.to_owned(),
         options: parser.options,
@@ -317,6 +318,23 @@ mod tests {
     fn problem(text: &str) -> (usize, Problem) {
         let e = parse_str(text).unwrap_err();
         (e.line, e.problem)
+    }
+
+    /// The door table numbers doors with 16 bits: one door more was a panic in
+    /// `Doors::new` (found while writing the config fuzz targets; 65,536 doors take
+    /// about 1 MB, beyond the fuzzer's input sizes).
+    #[test]
+    fn too_many_doors_is_an_error_at_the_first_door_too_many() {
+        let door = |i: usize| format!("[d{i}]\nsequence = 1\n");
+        let mut text: String = (0..crate::config::MAX_DOORS).map(door).collect();
+        assert_eq!(parse_str(&text).unwrap().doors.len(), 65_535);
+        text.push_str(&door(65_535));
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!((e.line, &e.problem), (131_071, &Problem::TooManyDoors("d65535".into())));
+        assert_eq!(
+            e.to_string(),
+            "test.conf:131071: door 'd65535' is one door too many: at most 65535 are allowed"
+        );
     }
 
     #[test]

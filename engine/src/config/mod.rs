@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Most ports one sequence may have (knockd's `SEQ_MAX`).
 pub const MAX_SEQUENCE: usize = 32;
+/// Most doors one configuration may have: the door table numbers them with 16 bits.
+pub const MAX_DOORS: usize = u16::MAX as usize;
 /// knockd's default `Seq_Timeout`, seconds.
 pub const DEFAULT_SEQ_TIMEOUT: u32 = 25;
 /// knockd's default `Cmd_Timeout`, seconds.
@@ -376,6 +378,8 @@ pub enum Problem {
     EmptySequence(String),
     #[error("sequence has {0} ports; at most 32 are allowed")]
     SequenceTooLong(usize),
+    #[error("door '{0}' is one door too many: at most 65535 are allowed")]
+    TooManyDoors(String),
     #[error("one-time sequences file {path}: {reason}")]
     OneTimeFile { path: String, reason: String },
     #[error("{0}")]
@@ -432,6 +436,18 @@ impl Config {
             Syntax::Knockd => knockd::parse(path, text),
             Syntax::Toml => native::parse(path, text),
         }
+    }
+}
+
+/// Refuses more than [`MAX_DOORS`] doors, at the first door too many.
+pub(crate) fn check_door_count(path: &Path, doors: &[Door]) -> Result<(), ConfigError> {
+    match doors.get(MAX_DOORS) {
+        None => Ok(()),
+        Some(door) => Err(ConfigError {
+            file: path.to_owned(),
+            line: door.lines.door,
+            problem: Problem::TooManyDoors(door.name.clone()),
+        }),
     }
 }
 

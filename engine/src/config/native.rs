@@ -52,11 +52,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             None => Vec::new(),
         },
     };
+    let lines = Lines::new(text);
     let doors = file
         .door
         .into_iter()
-        .map(|d| door(d, text).map_err(|(span, problem)| error(Some(span), problem)))
-        .collect::<Result<_, _>>()?;
+        .map(|d| door(d, &lines).map_err(|(span, problem)| error(Some(span), problem)))
+        .collect::<Result<Vec<_>, _>>()?;
+    super::check_door_count(path, &doors)?;
     let tuning = tuning(file.capture, file.limits).map_err(|(span, problem)| error(Some(span), problem))?;
     let firewall =
         firewall(file.firewall.unwrap_or_default()).map_err(|(span, problem)| error(Some(span), problem))?;
@@ -349,8 +351,8 @@ impl<'de> Deserialize<'de> for Item {
     }
 }
 
-/// `text` is the whole file, to turn the door's spans into the lines it remembers.
-fn door(spanned: Spanned<DoorToml>, text: &str) -> Result<Door, (Span, Problem)> {
+/// `lines` indexes the whole file, to turn the door's spans into the lines it remembers.
+fn door(spanned: Spanned<DoorToml>, lines: &Lines) -> Result<Door, (Span, Problem)> {
     let table_span = spanned.span();
     let d = spanned.into_inner();
     let name_span = d.name.span();
@@ -359,8 +361,8 @@ fn door(spanned: Spanned<DoorToml>, text: &str) -> Result<Door, (Span, Problem)>
         return Err((name_span, Problem::Syntax("door name must not be empty".into())));
     }
     let mut door = Door::new(name, Vec::new());
-    let line = |span: Span| line_of(text, span.start);
-    door.lines.door = door_header_line(text, line(table_span.clone()));
+    let line = |span: Span| lines.line_of(span.start);
+    door.lines.door = lines.door_header_line(line(table_span.clone()));
     let mut sequence_span = None;
     if let Some(seq) = d.sequence {
         sequence_span = Some(seq.span());
@@ -484,11 +486,51 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
 
-/// The line of the `[[door]]` header of a table whose span starts on `line` (toml's
-/// table spans may start at the first key rather than at the header).
-fn door_header_line(text: &str, line: usize) -> usize {
-    let lines: Vec<&str> = text.lines().take(line).collect();
-    lines.iter().rposition(|l| l.trim_start().starts_with("[[")).map_or(line, |i| i + 1)
+/// [`line_of`] and the `[[door]]` header line, for every door of one file, in
+/// logarithmic and constant time: computed per door from the start of the text, they
+/// made a file with many doors quadratic (65,536 doors, 2 MB: unfinished after 9 CPU
+/// minutes in a debug test build; now some 20 s there, on a busy machine).
+pub(crate) struct Lines {
+    /// Byte offset where each line starts (line 1 at 0).
+    starts: Vec<usize>,
+    /// For each line (index 0 = line 1), the last `[[` header line at or above it, or 0.
+    header_at_or_above: Vec<usize>,
+    len: usize,
+}
+
+impl Lines {
+    pub(crate) fn new(text: &str) -> Lines {
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i + 1))
+            .collect();
+        let mut last = 0;
+        let header_at_or_above = (0..starts.len())
+            .map(|i| {
+                let end = starts.get(i + 1).map_or(text.len(), |&e| e);
+                if text[starts[i]..end].trim_start().starts_with("[[") {
+                    last = i + 1;
+                }
+                last
+            })
+            .collect();
+        Lines { starts, header_at_or_above, len: text.len() }
+    }
+
+    /// As [`line_of`].
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.len);
+        self.starts.partition_point(|&s| s <= offset)
+    }
+
+    /// The line of the `[[door]]` header of a table whose span starts on `line` (toml's
+    /// table spans may start at the first key rather than at the header): the last line
+    /// up to `line` that starts with `[[`, or `line` itself when there is none.
+    pub(crate) fn door_header_line(&self, line: usize) -> usize {
+        match line.min(self.header_at_or_above.len()).checked_sub(1) {
+            Some(i) if self.header_at_or_above[i] != 0 => self.header_at_or_above[i],
+            _ => line,
+        }
+    }
 }
 
 /// 1-based line of a byte offset.
@@ -652,6 +694,40 @@ mod tests {
 
     fn parse_str(text: &str) -> Result<Config, ConfigError> {
         parse(Path::new("test.toml"), text)
+    }
+
+    /// What [`Lines::door_header_line`] replaced: a scan from the start for each door.
+    fn door_header_line(text: &str, line: usize) -> usize {
+        let lines: Vec<&str> = text.lines().take(line).collect();
+        lines.iter().rposition(|l| l.trim_start().starts_with("[[")).map_or(line, |i| i + 1)
+    }
+
+    #[test]
+    fn line_index_agrees_with_scanning_from_the_start() {
+        let texts =
+            ["", "\n", "a", "a\n", "[[door]]\nx\n\n  [[door]]\r\ny", "x\n[[a]]\n[[b]]\n\n", "\n\n[[\n"];
+        for text in texts {
+            let lines = Lines::new(text);
+            for offset in 0..=text.len() + 2 {
+                assert_eq!(lines.line_of(offset), line_of(text, offset), "{text:?} at {offset}");
+            }
+            for line in 0..=text.lines().count() + 2 {
+                assert_eq!(
+                    lines.door_header_line(line),
+                    door_header_line(text, line),
+                    "{text:?} line {line}"
+                );
+            }
+        }
+    }
+
+    /// As in knockd.conf: one door more than the door table can number is an error
+    /// at that door's `[[door]]`, not a panic in `Doors::new`.
+    #[test]
+    fn too_many_doors_is_an_error_at_the_first_door_too_many() {
+        let text = "[[door]]\nname = \"d\"\nsequence = [1]\n".repeat(super::super::MAX_DOORS + 1);
+        let e = parse_str(&text).unwrap_err();
+        assert_eq!((e.line, &e.problem), (3 * 65_535 + 1, &Problem::TooManyDoors("d".into())));
     }
 
     #[test]
