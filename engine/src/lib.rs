@@ -13,6 +13,7 @@ pub mod knocking;
 pub mod log;
 pub mod matcher;
 mod port_index;
+pub mod spa;
 pub mod tracker;
 
 /// The binaries' exit-status policy: 2 for a bad configuration or an impossible
