@@ -361,7 +361,10 @@ pub struct Request<'a> {
 pub fn encode(keys: &SpaKeys, request: &Request<'_>, random: &[u8; 24]) -> String {
     let digits: String = random[8..].iter().map(|b| char::from(b'0' + b % 10)).collect();
     // fwknop's random number has no leading zero.
-    let digits = if digits.starts_with('0') { format!("1{}", &digits[1..]) } else { digits };
+    let digits = match digits.strip_prefix('0') {
+        Some(rest) => format!("1{rest}"),
+        None => digits,
+    };
     let address = match request.address {
         Some(a) => a,
         None if request.ipv6_source => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
