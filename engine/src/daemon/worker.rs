@@ -11,8 +11,9 @@ use crate::log::{Log, LogItem};
 use crate::matcher::{DoorStats, Event, Matcher, OpenTimes, Secs, Sink, BATCH, OPEN_BOUNDS};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crossbeam_utils::CachePadded;
+use sesame_capture::payload::udp_payload;
 use sesame_capture::ring::{self, Ring, RingStats};
-use sesame_capture::{iface, CaptureError, Knock};
+use sesame_capture::{iface, CaptureError, Knock, Proto};
 use sesame_firewall::{ExecutorHandle, GrantRequest};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -207,6 +208,8 @@ pub(crate) struct Worker {
     published: Shared,
     debug: bool,
     ipv6: bool,
+    /// The UDP ports of SPA doors: datagrams to them go to [`super::spa::handle`].
+    spa_ports: Vec<u16>,
 }
 
 impl Worker {
@@ -232,7 +235,9 @@ impl Worker {
             published,
             debug,
             ipv6,
+            spa_ports: Vec::new(),
         };
+        w.spa_ports = w.sink.doors.spa_ports();
         for (slot, ring) in rings {
             w.attach(slot, ring);
         }
@@ -293,6 +298,7 @@ impl Worker {
                 // Off the packet path: a new table, published with the counters carried over.
                 self.door_counts = Arc::new(DoorCounts::of(&self.matcher));
                 *self.published.doors.lock().unwrap_or_else(|p| p.into_inner()) = self.door_counts.clone();
+                self.spa_ports = doors.spa_ports();
                 self.sink.doors = doors;
                 self.sink.firewall = firewall;
                 true
@@ -377,6 +383,12 @@ impl Worker {
                         Ok(knock) => {
                             if self.debug {
                                 debug_knock(&knock);
+                            }
+                            if knock.proto == Proto::Udp && self.spa_ports.contains(&knock.dst_port) {
+                                if let Some(payload) = udp_payload(link, frame.data) {
+                                    super::spa::handle(&mut self.sink, knock.src, knock.dst_port, payload);
+                                }
+                                continue;
                             }
                             batch.push((knock, Secs::from(frame.ts_sec)));
                         }
