@@ -14,6 +14,7 @@ pub mod log;
 pub mod matcher;
 mod port_index;
 pub mod spa;
+pub mod spa_client;
 pub mod tracker;
 
 /// The binaries' exit-status policy: 2 for a bad configuration or an impossible
