@@ -298,3 +298,38 @@ fn sesame_knock_spa_opens_a_real_fwknopd() {
     let banner = tcp_banner(&lab.client, server, 22, Duration::from_secs(5));
     assert!(banner.starts_with("SSH-2.0-"), "no SSH banner after fwknopd opened: {banner:?}");
 }
+
+#[test]
+fn sesame_knock_spa_over_ipv6_opens_ssh_through_sesamed() {
+    let test = "sesame_knock_spa_over_ipv6_opens_ssh_through_sesamed";
+    if !require_root(test) || !require_fwknop(test, false) {
+        return;
+    }
+    let lab = Lab::new("sp6").unwrap();
+    let dir = TempDir::new("sp6").unwrap();
+    let _sshd = Sshd::start(&lab.server).unwrap();
+    let server = IpAddr::V6(lab.server_v6);
+    let keys = keygen(&dir);
+    let (conf, log) = (dir.join("s.toml"), dir.join("s.log"));
+    std::fs::write(&conf, config(&lab, &log, &keys.0, 30)).unwrap();
+    let daemon = Daemon::start(&lab.server, &[], &conf, &log, &lab.server_if);
+    assert!(!ssh_reachable(&lab.client, server, BLOCKED), "22 must be closed over IPv6 before SPA");
+    let client = lab.client_v6.to_string();
+    let out = lab
+        .client
+        .command(SESAME)
+        .args(["knock", "--spa", "-6", "--keys"])
+        .arg(&keys.0)
+        .args(["-A", "tcp/22", "-a", &client, &lab.server_v6.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sesame knock --spa -6: {}", String::from_utf8_lossy(&out.stderr));
+    let banner = tcp_banner(&lab.client, server, 22, Duration::from_secs(5));
+    assert!(banner.starts_with("SSH-2.0-"), "no SSH banner over IPv6 after SPA: {banner:?}");
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon.has_message(&format!("{client}: spa: OPEN SESAME"))),
+        "{}",
+        daemon.log()
+    );
+}

@@ -74,3 +74,60 @@ pub fn finish(door: &mut Door) -> Result<(), Problem> {
     spa.keys = Some(SpaKeys::load(&spa.keys_file).map_err(|e| Problem::Other(e.to_string()))?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{knockd, native};
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    /// The fixture keys copied to a private temporary file with `mode`.
+    fn key_file(tag: &str, mode: u32) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sesame-spa-door-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, include_str!("../../tests/fixtures/spa/keys")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        file
+    }
+
+    #[test]
+    fn toml_and_knockd_conf_agree() {
+        let keys = key_file("agree", 0o600);
+        let toml = format!(
+            "[[door]]\nname = \"spa\"\nspa_keys = \"{}\"\nspa_port = 62202\nspa_max_age = 60\n\
+             spa_allow_other_address = true\nopen = [\"22/tcp\"]\n",
+            keys.display()
+        );
+        let a = native::parse(Path::new("s.toml"), &toml).unwrap();
+        let conf = format!(
+            "[spa]\n  SPA_Keys = {}\n  SPA_Port = 62202\n  SPA_Max_Age = 60\n  SPA_Allow_Other_Address = yes\n  Open = 22/tcp\n",
+            keys.display()
+        );
+        let b = knockd::parse(Path::new("knockd.conf"), &conf).unwrap();
+        assert_eq!(a.doors, b.doors);
+        let spa = a.doors[0].spa.as_ref().unwrap();
+        assert_eq!((spa.port, spa.max_age, spa.allow_other_address), (62202, 60, true));
+        assert!(spa.keys.is_some());
+        // And back to TOML.
+        let again = native::parse(Path::new("s.toml"), &native::to_toml(&a)).unwrap();
+        assert_eq!(again.doors, a.doors);
+        let _ = std::fs::remove_dir_all(keys.parent().unwrap());
+    }
+
+    #[test]
+    fn refused_settings() {
+        let loose = key_file("loose", 0o644);
+        let door = |extra: &str| format!("[[door]]\nname = \"spa\"\nopen = [\"22/tcp\"]\n{extra}");
+        let err = native::parse(Path::new("s.toml"), &door(&format!("spa_keys = \"{}\"\n", loose.display())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("readable by group or others"), "{err}");
+        assert!(native::parse(Path::new("s.toml"), &door("spa_port = 1000\n")).is_err());
+        let keys = key_file("refused", 0o600);
+        let no_open = format!("[[door]]\nname = \"spa\"\nspa_keys = \"{}\"\n", keys.display());
+        assert!(native::parse(Path::new("s.toml"), &no_open).is_err());
+        let _ = std::fs::remove_dir_all(loose.parent().unwrap());
+        let _ = std::fs::remove_dir_all(keys.parent().unwrap());
+    }
+}
