@@ -219,6 +219,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
             executor: executor.handle(),
             limiter: Limiter::new(sizing.log_rate),
             now: now_secs(),
+            spa: Default::default(),
         };
         let worker = Worker::new(matcher, sink, rings, rx, published.clone(), s.debug, !s.ipv4_only);
         let stop = term.clone();

@@ -61,6 +61,9 @@ pub(crate) struct Published {
     pub(crate) rejected: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) capacity: AtomicU64,
+    /// SPA packets refused, by [`crate::spa::Refusal::index`], and accepted.
+    pub(crate) spa_refused: [AtomicU64; crate::spa::Refusal::ALL.len()],
+    pub(crate) spa_accepted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -160,6 +163,8 @@ pub(crate) struct WorkerSink {
     pub(crate) limiter: Limiter,
     /// The current second, set by the worker once per block rather than read per event.
     pub(crate) now: Secs,
+    /// This worker's SPA counts (published with the other counters).
+    pub(crate) spa: super::spa::Counts,
 }
 
 impl Sink for WorkerSink {
@@ -436,6 +441,10 @@ impl Worker {
         p.rejected.store(m.tracker.rejected, Ordering::Relaxed);
         p.attempts.store(self.matcher.in_progress() as u64, Ordering::Relaxed);
         p.capacity.store(self.matcher.tracker().capacity() as u64, Ordering::Relaxed);
+        for (a, v) in p.spa_refused.iter().zip(self.sink.spa.refused) {
+            a.store(v, Ordering::Relaxed);
+        }
+        p.spa_accepted.store(self.sink.spa.accepted, Ordering::Relaxed);
     }
 }
 
