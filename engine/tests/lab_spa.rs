@@ -15,6 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// sesamed's metrics endpoint inside the server namespace.
+const METRICS: &str = "127.0.0.1:9106";
+
+fn scrape(ns: &Netns) -> String {
+    let url = format!("http://{METRICS}/metrics");
+    let out = ns.command("curl").args(["-sf", "--max-time", "5", &url]).stdin(Stdio::null()).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
 /// How long a blocked connection attempt waits before it counts as blocked.
 const BLOCKED: Duration = Duration::from_millis(1500);
 
@@ -147,7 +156,7 @@ fn fwknop_client_opens_ssh_through_sesamed_and_refusals_open_nothing() {
     }
 
     std::fs::write(&conf, config(&lab, &log, &keys.0, 3)).unwrap();
-    let mut daemon = Daemon::start(&lab.server, &[], &conf, &log, &lab.server_if);
+    let mut daemon = Daemon::start(&lab.server, &["--metrics-listen", METRICS], &conf, &log, &lab.server_if);
     assert!(!ssh_reachable(&lab.client, server, BLOCKED), "22 must be closed before SPA");
 
     // Refusals first, while nothing is open.
@@ -180,6 +189,15 @@ fn fwknop_client_opens_ssh_through_sesamed_and_refusals_open_nothing() {
     flipped[i] ^= 0x03;
     let flipped = String::from_utf8(flipped).unwrap();
     refused(&lab, &daemon, "hmac", || send_raw(&lab.client, server, &flipped));
+
+    // Each refusal counted by its reason (the counters are published once per wake).
+    let counted = wait_until(Duration::from_secs(5), || {
+        let text = scrape(&lab.server);
+        ["stale", "port", "address", "hmac"]
+            .iter()
+            .all(|r| text.lines().any(|l| l == format!("sesame_spa_refused_total{{reason=\"{r}\"}} 1")))
+    });
+    assert!(counted, "{}", scrape(&lab.server));
 
     // The real client opens SSH.
     send_raw(&lab.client, server, &packet);
