@@ -656,7 +656,8 @@ struct DoorOut<'a> {
 fn door_out(door: &Door) -> DoorOut<'_> {
     DoorOut {
         name: &door.name,
-        sequence: door.one_time.is_none().then(|| door.sequence.iter().map(Step::to_string).collect()),
+        sequence: (door.one_time.is_none() && !(door.spa.is_some() && door.sequence.is_empty()))
+            .then(|| door.sequence.iter().map(Step::to_string).collect()),
         one_time_sequences: door.one_time.as_ref().map(|o| o.path.to_string_lossy().into_owned()),
         seq_timeout: door.seq_timeout,
         tcp_flags: flag_names(door.tcp_flags),
