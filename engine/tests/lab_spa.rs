@@ -351,3 +351,94 @@ fn sesame_knock_spa_over_ipv6_opens_ssh_through_sesamed() {
         daemon.log()
     );
 }
+
+/// sesamed's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_random_spa_packets_costs_no_memory_and_a_real_packet_still_opens() {
+    let test = "a_flood_of_random_spa_packets_costs_no_memory_and_a_real_packet_still_opens";
+    if !require_root(test) || !require_fwknop(test, false) || !have("python3") {
+        return;
+    }
+    let lab = Lab::new("spf").unwrap();
+    let dir = TempDir::new("spf").unwrap();
+    let _sshd = Sshd::start(&lab.server).unwrap();
+    let server = IpAddr::V4(lab.server_v4);
+    let keys = keygen(&dir);
+    let (conf, log) = (dir.join("s.toml"), dir.join("s.log"));
+    std::fs::write(&conf, config(&lab, &log, &keys.0, 30)).unwrap();
+    let daemon = Daemon::start(&lab.server, &["--metrics-listen", METRICS], &conf, &log, &lab.server_if);
+    // Random base64 text of fwknop's usual length: it passes the length and alphabet
+    // checks, so every packet costs the HMAC.
+    let flood = format!(
+        "import os,socket,time,base64\n\
+         s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+         pk=[base64.b64encode(os.urandom(160)).rstrip(b'=')[:205] for _ in range(4096)]\n\
+         end=time.time()+float(os.environ['SECS'])\nn=0\n\
+         while time.time()<end:\n\
+         \x20for p in pk[:512]:\n\
+         \x20\x20s.sendto(p,('{}',62201)); n+=1\n\
+         \x20pk=pk[512:]+pk[:512]\n\
+         print(n)\n",
+        lab.server_v4
+    );
+    let run = |secs: &str| {
+        let out = lab
+            .client
+            .command("python3")
+            .arg("-c")
+            .arg(&flood)
+            .env("SECS", secs)
+            .stdin(Stdio::null())
+            .output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "flood: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().unwrap_or(0)
+    };
+    // A first flood touches every page of the rings (mapped memory that counts in RSS
+    // once touched); the second one is measured.
+    run("3");
+    let before = rss_kib(daemon.pid());
+    let sent = run("4");
+    // While the flood's tail is still being taken, a real packet opens.
+    let real = dir.join("real.spa");
+    let client = lab.client_v4.to_string();
+    fwknop(
+        &lab.client,
+        &dir,
+        &keys,
+        &["-A", "tcp/22", "-a", &client, "-D", &lab.server_v4.to_string()],
+        &real,
+    );
+    let banner = tcp_banner(&lab.client, server, 22, Duration::from_secs(5));
+    assert!(banner.starts_with("SSH-2.0-"), "no SSH banner after the flood: {banner:?}");
+    let after = rss_kib(daemon.pid());
+    let refused = wait_until(Duration::from_secs(5), || {
+        scrape(&lab.server)
+            .lines()
+            .find_map(|l| l.strip_prefix("sesame_spa_refused_total{reason=\"hmac\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|v| v > 0)
+    });
+    let text = scrape(&lab.server);
+    let hmac =
+        text.lines().find(|l| l.starts_with("sesame_spa_refused_total{reason=\"hmac\"}")).unwrap_or("");
+    eprintln!(
+        "flood: {sent} random SPA packets sent in 4 s; {hmac}; sesamed RSS {before} KiB -> {after} KiB"
+    );
+    assert!(refused, "{text}");
+    // The ring drops what the workers cannot take; whatever they took cost no memory.
+    assert!(after <= before + 2048, "sesamed grew from {before} KiB to {after} KiB under the flood");
+    // Refusals are logged under the rate limit, not once per packet.
+    let lines = daemon.messages().iter().filter(|m| m.ends_with("SPA refused: hmac")).count() as u64;
+    assert!(lines < sent / 2 || sent < 1000, "{lines} refusal lines for {sent} packets");
+}
