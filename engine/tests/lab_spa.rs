@@ -184,9 +184,13 @@ fn fwknop_client_opens_ssh_through_sesamed_and_refusals_open_nothing() {
     fwknop(&lab.client, &dir, &keys, &["-A", "tcp/22", "-a", &client, "-D", &srv, "-T"], &good);
     let packet = saved(&good);
     let mut flipped = packet.clone().into_bytes();
-    // 'A' <-> 'B' differ in one bit, and both are base64.
-    let i = flipped.iter().position(|&b| b == b'A' || b == b'B').expect("an A or B in the packet");
-    flipped[i] ^= 0x03;
+    // One bit, in the middle of the packet, where the result is still base64 (B <-> C, 0 <-> 1, ...).
+    let mid = flipped.len() / 2;
+    let i = (mid..flipped.len())
+        .find(|&i| (flipped[i] ^ 1).is_ascii_alphanumeric())
+        .expect("a character whose last bit can flip within the alphabet");
+    flipped[i] ^= 1;
+    assert_eq!(flipped.iter().zip(packet.as_bytes()).map(|(a, b)| (a ^ b).count_ones()).sum::<u32>(), 1);
     let flipped = String::from_utf8(flipped).unwrap();
     refused(&lab, &daemon, "hmac", || send_raw(&lab.client, server, &flipped));
 
