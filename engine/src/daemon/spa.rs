@@ -70,7 +70,7 @@ fn check(doors: &Doors, src: IpAddr, port: u16, payload: &[u8], now: i64) -> Out
             Ok(g) => g,
             Err(r) => return Outcome::Refused(Some(key), r),
         };
-        let expiry = grant.message.timestamp + i64::from(settings.max_age);
+        let expiry = grant.message.timestamp.saturating_add(i64::from(settings.max_age));
         let stored = replay().lock().unwrap_or_else(|p| p.into_inner()).check_and_insert(
             grant.message.digest,
             expiry,

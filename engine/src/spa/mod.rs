@@ -229,7 +229,7 @@ pub fn check_policy(
     policy: &Policy<'_>,
     now: i64,
 ) -> Result<Grant, Refusal> {
-    if (now - message.timestamp).abs() > i64::from(policy.max_age) {
+    if now.saturating_sub(message.timestamp).unsigned_abs() > u64::from(policy.max_age) {
         return Err(Refusal::Stale);
     }
     if message.kind != 1 && message.kind != 3 {
