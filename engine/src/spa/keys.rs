@@ -3,15 +3,27 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use hmac::Hmac;
+use sha2::Sha256;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// A door's two keys, decoded.
-#[derive(Clone, PartialEq, Eq)]
+/// A door's two keys, decoded, and the HMAC already keyed (its padded key blocks
+/// hashed once, not per packet: a copy of this state is all a packet's check starts from).
+#[derive(Clone)]
 pub struct SpaKeys {
     encryption: Vec<u8>,
     hmac: Vec<u8>,
+    keyed: Hmac<Sha256>,
 }
+
+impl PartialEq for SpaKeys {
+    fn eq(&self, other: &SpaKeys) -> bool {
+        self.encryption == other.encryption && self.hmac == other.hmac
+    }
+}
+
+impl Eq for SpaKeys {}
 
 impl fmt::Debug for SpaKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -35,7 +47,13 @@ impl SpaKeys {
         if encryption.is_empty() || encryption.len() > 32 || hmac.is_empty() {
             return None;
         }
-        Some(SpaKeys { encryption, hmac })
+        let keyed = <Hmac<Sha256> as hmac::Mac>::new_from_slice(&hmac).ok()?;
+        Some(SpaKeys { encryption, hmac, keyed })
+    }
+
+    /// The HMAC keyed with the HMAC key, ready for `update`.
+    pub(crate) fn keyed_hmac(&self) -> Hmac<Sha256> {
+        self.keyed.clone()
     }
 
     pub fn encryption(&self) -> &[u8] {

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use cbc::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use md5::Md5;
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -46,7 +46,6 @@ const B64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-type HmacSha256 = Hmac<Sha256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 
@@ -181,7 +180,7 @@ pub fn check_hmac(packet: &[u8], keys: &SpaKeys) -> Result<(), Refusal> {
     if n != 32 {
         return Err(Refusal::Hmac);
     }
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(keys.hmac()).map_err(|_| Refusal::Hmac)?;
+    let mut mac = keys.keyed_hmac();
     mac.update(SALTED_B64);
     mac.update(body);
     mac.verify_slice(&want[..32]).map_err(|_| Refusal::Hmac)
@@ -394,7 +393,7 @@ pub fn encode(keys: &SpaKeys, request: &Request<'_>, random: &[u8; 24]) -> Strin
     blob.extend_from_slice(&salt);
     blob.extend_from_slice(&ct);
     let text = B64.encode(&blob);
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(keys.hmac()).expect("HMAC takes any key");
+    let mut mac = keys.keyed_hmac();
     mac.update(text.as_bytes());
     let tag = B64.encode(mac.finalize().into_bytes());
     let mut wire = text[SALTED_B64.len()..].to_owned();
