@@ -1,9 +1,10 @@
 //! Fuzzes the SPA parser (`sesame_engine::spa`) with the fixture keys of
 //! engine/tests/fixtures/spa: whatever the bytes, `verify` returns and never panics;
 //! the cheap checks agree with it; whatever it accepts has a valid HMAC and asks only
-//! for ports the door opens. Seeds: fuzz/seeds/parse_spa (the fixtures). Random input
-//! does not get past the HMAC; the layers behind it are covered by the unit tests'
-//! every-bit-flip test and by the fixtures.
+//! for ports the door opens. Random input does not get past the HMAC, so the same bytes
+//! are also sealed (`spa::seal`: encrypted and signed with the keys) and opened, which
+//! fuzzes the plaintext decoder behind it. Seeds: fuzz/seeds/parse_spa (the fixtures'
+//! packets, and a few plaintexts of the encoder).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -32,4 +33,18 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     assert!(result.is_ok() || Refusal::ALL.contains(&result.unwrap_err()));
+
+    // Behind the HMAC: the same bytes as a plaintext, sealed with the keys, reach the
+    // decoder; it must refuse or accept without panicking, and anything it accepts
+    // carries a digest that matches.
+    if data.len() <= 1200 {
+        let sealed = spa::seal(&keys, data, [7; 8]);
+        if let Ok(message) = spa::open(sealed.as_bytes(), &keys) {
+            let text = std::str::from_utf8(data).unwrap();
+            let signed = &text[..text.rfind(':').unwrap()];
+            use sha2::Digest;
+            assert_eq!(message.digest, <[u8; 32]>::from(sha2::Sha256::digest(signed.as_bytes())));
+            assert!(matches!(message.kind, 1 | 3));
+        }
+    }
 });

@@ -386,8 +386,14 @@ pub fn encode(keys: &SpaKeys, request: &Request<'_>, random: &[u8; 24]) -> Strin
     let digest = Sha256::digest(signed.as_bytes());
     let plain = format!("{signed}:{}", B64.encode(digest));
     let salt: [u8; 8] = random[..8].try_into().unwrap_or([0; 8]);
+    seal(keys, plain.as_bytes(), salt)
+}
+
+/// The outer layers alone: encrypts and signs any plaintext as fwknop does (for the
+/// encoder, and for fuzzing the plaintext decoder behind the HMAC).
+pub fn seal(keys: &SpaKeys, plain: &[u8], salt: [u8; 8]) -> String {
     let (key, iv) = bytes_to_key(keys.encryption(), &salt);
-    let ct = Aes256CbcEnc::new(&key.into(), &iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain.as_bytes());
+    let ct = Aes256CbcEnc::new(&key.into(), &iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain);
     let mut blob = Vec::with_capacity(16 + ct.len());
     blob.extend_from_slice(b"Salted__");
     blob.extend_from_slice(&salt);
