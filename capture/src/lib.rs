@@ -27,6 +27,7 @@ pub mod filter;
 pub mod frame;
 pub mod iface;
 pub mod link;
+pub mod payload;
 pub mod ring;
 #[allow(unsafe_code)]
 mod sys;

@@ -121,12 +121,27 @@ impl Doors {
 
     /// Doors that are disabled from the start (one-time files with no sequence left).
     pub fn disabled(&self) -> impl Iterator<Item = DoorKey> + '_ {
-        self.initial.iter().filter(|d| !d.enabled).map(|d| d.key)
+        self.initial.iter().filter(|d| !d.enabled && d.spa_port.is_none()).map(|d| d.key)
     }
 
     /// The configured door with identity `key`, and the backend its grants go through.
     pub fn get(&self, key: DoorKey) -> Option<(&Door, Option<BackendKind>)> {
         self.initial.iter().position(|d| d.key == key).map(|i| (&self.config[i], self.backends[i]))
+    }
+
+    /// The SPA doors: key, door and its SPA settings.
+    pub(crate) fn spa(
+        &self,
+    ) -> impl Iterator<Item = (DoorKey, &Door, &crate::config::spa_door::SpaDoor)> + '_ {
+        self.initial.iter().zip(&self.config).filter_map(|(s, d)| d.spa.as_ref().map(|spa| (s.key, d, spa)))
+    }
+
+    /// The UDP ports SPA doors listen on.
+    pub(crate) fn spa_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.spa().map(|(_, _, s)| s.port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     pub fn len(&self) -> usize {
@@ -159,6 +174,8 @@ pub struct DoorState {
     pub(crate) flags: TcpFlagRule,
     pub(crate) target: Option<IpAddr>,
     pub(crate) enabled: bool,
+    /// An SPA door's UDP port, which the kernel filter passes.
+    pub(crate) spa_port: Option<u16>,
     /// For one-time doors: the shared generation this copy was made from.
     pub(crate) generation: u64,
 }
@@ -188,6 +205,7 @@ impl DoorState {
             flags: door.tcp_flags,
             target: door.target,
             enabled,
+            spa_port: door.spa.as_ref().map(|s| s.port),
             generation: 0,
         };
         Ok((state, one_time))

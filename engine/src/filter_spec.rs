@@ -17,7 +17,9 @@ pub(crate) fn spec(doors: &[DoorState], local: &[IpAddr], ipv6: bool) -> FilterS
         IpAddr::V6(a) if ipv6 && !spec.v6_dst.contains(&a) => spec.v6_dst.push(a),
         _ => {}
     };
-    let enabled = doors.iter().filter(|d| d.enabled);
+    let enabled = doors.iter().filter(|d| d.enabled || d.spa_port.is_some());
+    // SPA doors: their UDP port.
+    spec.udp_ports.extend(doors.iter().filter_map(|d| d.spa_port));
     if enabled.clone().any(|d| d.target.is_none()) {
         local.iter().copied().for_each(&mut add);
     }

@@ -13,6 +13,8 @@ pub mod knocking;
 pub mod log;
 pub mod matcher;
 mod port_index;
+pub mod spa;
+pub mod spa_client;
 pub mod tracker;
 
 /// The binaries' exit-status policy: 2 for a bad configuration or an impossible

@@ -159,6 +159,7 @@ fn every_key_with_case_aliases_and_odd_values() {
         target: Some("2001:db8::1".parse().unwrap()),
         open: Vec::new(),
         backend: None,
+        spa: None,
         lines: Default::default(),
     };
     let wake = Door {

@@ -20,6 +20,29 @@ struct Cli {
     command: Command,
 }
 
+/// `sesame knock --spa`: one fwknop-compatible SPA packet instead of a sequence.
+#[derive(clap::Args, Debug)]
+struct SpaArgs {
+    /// send a single-packet-authorization packet (fwknop 2.6 compatible)
+    #[arg(long, requires_all = ["keys", "access"], conflicts_with = "udp")]
+    spa: bool,
+    /// key file with the KEY_BASE64: and HMAC_KEY_BASE64: lines (`fwknop --key-gen`)
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// what to open, as fwknop's -A: tcp/22[,udp/53...]
+    #[arg(short = 'A', long = "access", value_name = "PROTO/PORT")]
+    access: Option<String>,
+    /// the address to open for (default: the packet's source)
+    #[arg(short = 'a', long = "allow-ip", value_name = "ADDR")]
+    allow_ip: Option<std::net::IpAddr>,
+    /// the SPA port
+    #[arg(long, value_name = "PORT", default_value_t = sesame_engine::spa::DEFAULT_PORT)]
+    spa_port: u16,
+    /// ask for this many seconds open (fwknop's -f)
+    #[arg(short = 'f', long = "fw-timeout", value_name = "SECS")]
+    fw_timeout: Option<u32>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Knock on HOST's ports, like knockd's `knock`.
@@ -42,8 +65,10 @@ enum Command {
         /// host to knock on
         host: String,
         /// ports, each PORT[:tcp|:udp]
-        #[arg(required = true)]
+        #[arg(required_unless_present = "spa")]
         ports: Vec<String>,
+        #[command(flatten)]
+        spa: SpaArgs,
     },
     /// Validate a config file (knockd.conf or .toml), summarise its doors and warn about
     /// weak sequences and commands that lock out or expose (`warning: FILE:LINE: ...`).
@@ -95,7 +120,26 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
+        Command::Knock { ipv4, ipv6, verbose, host, spa, .. } if spa.spa => {
+            let plan = sesame_engine::spa_client::SpaPlan {
+                host,
+                keys: spa.keys.unwrap_or_default(),
+                access: spa.access.unwrap_or_default(),
+                allow: spa.allow_ip,
+                port: spa.spa_port,
+                family: if ipv4 {
+                    Family::V4
+                } else if ipv6 {
+                    Family::V6
+                } else {
+                    Family::Any
+                },
+                client_timeout: spa.fw_timeout,
+                verbose,
+            };
+            sesame_engine::spa_client::send(&plan).map(|_| ())
+        }
+        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, .. } => {
             let mut plan = KnockPlan::new(host, &ports, udp)?;
             plan.delay = Duration::from_millis(delay);
             plan.family = if ipv4 {
@@ -166,7 +210,7 @@ mod tests {
             Cli::try_parse_from(["sesame", "knock", "-u", "-d", "10", "-4", "-v", "h", "7000", "8000:udp"])
                 .unwrap();
         match c.command {
-            Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
+            Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, .. } => {
                 assert!(udp && ipv4 && !ipv6 && verbose);
                 assert_eq!((delay, host.as_str(), ports.len()), (10, "h", 2));
             }

@@ -95,6 +95,8 @@ struct Draft {
     one_time: Option<(PathBuf, usize)>,
     /// The line of the last sesame-only `Open`/`Backend` key, for their errors.
     firewall_line: Option<usize>,
+    /// The first `SPA_*` key's line.
+    spa_line: Option<usize>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,7 @@ enum Key {
     Target,
     Open,
     Backend,
+    Spa(&'static str),
 }
 
 impl Key {
@@ -137,6 +140,10 @@ impl Key {
             // sesame-only.
             "OPEN" => Key::Open,
             "BACKEND" => Key::Backend,
+            "SPA_KEYS" => Key::Spa("keys"),
+            "SPA_PORT" => Key::Spa("port"),
+            "SPA_MAX_AGE" => Key::Spa("max_age"),
+            "SPA_ALLOW_OTHER_ADDRESS" => Key::Spa("allow_other_address"),
             _ => return None,
         })
     }
@@ -216,6 +223,7 @@ impl Parser<'_> {
                 sequence_line: None,
                 one_time: None,
                 firewall_line: None,
+                spa_line: None,
             }))
         });
         Ok(())
@@ -278,6 +286,10 @@ impl Parser<'_> {
                 door.backend = Some(super::BackendKind::parse(value)?);
                 draft.firewall_line = Some(n);
             }
+            Key::Spa(name) => {
+                super::spa_door::set(door, name, value)?;
+                draft.spa_line.get_or_insert(n);
+            }
             Key::UseSyslog | Key::LogFile | Key::PidFile | Key::Interface => {
                 unreachable!("not a door key")
             }
@@ -296,11 +308,13 @@ impl Parser<'_> {
             door.sequence = onetime::initial_sequence(&path).map_err(|p| self.error(line, p))?;
             door.one_time = Some(OneTimeSequences { path });
             door.lines.sequence = line;
-        } else if door.sequence.is_empty() {
+        } else if door.sequence.is_empty() && door.spa.is_none() {
             let line = draft.sequence_line.unwrap_or(draft.header_line);
             return Err(self.error(line, Problem::EmptySequence(door.name)));
         }
         door.check_backend().map_err(|p| self.error(draft.firewall_line.unwrap_or(draft.header_line), p))?;
+        super::spa_door::finish(&mut door)
+            .map_err(|p| self.error(draft.spa_line.unwrap_or(draft.header_line), p))?;
         self.doors.push(door);
         Ok(())
     }

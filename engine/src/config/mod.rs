@@ -8,6 +8,7 @@
 pub mod knockd;
 pub mod native;
 pub mod onetime;
+pub mod spa_door;
 mod summary;
 
 use sesame_capture::Proto;
@@ -226,6 +227,8 @@ pub struct Door {
     pub open: Vec<Port>,
     /// sesame-only: this door's backend, overriding `[firewall] backend`.
     pub backend: Option<BackendKind>,
+    /// sesame-only: single-packet authorization instead of (or besides) a sequence.
+    pub spa: Option<spa_door::SpaDoor>,
     /// Where the door and its keys were written (for `sesame check`'s warnings).
     pub lines: DoorLines,
 }
@@ -288,6 +291,7 @@ impl Door {
             target: None,
             open: Vec::new(),
             backend: None,
+            spa: None,
             lines: DoorLines::default(),
         }
     }

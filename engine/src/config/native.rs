@@ -21,9 +21,9 @@
 
 use super::knockd::{parse_flags, parse_seconds, parse_target, FLAG_NAMES};
 use super::{
-    onetime, parse_interfaces, parse_open, parse_sequence, parse_step, BackendKind, Config, ConfigError,
-    Door, FirewallSettings, MetricsSettings, OneTimeSequences, Options, Port, Problem, Step, Tuning,
-    MAX_SEQUENCE,
+    onetime, parse_interfaces, parse_open, parse_sequence, parse_step, spa_door, BackendKind, Config,
+    ConfigError, Door, FirewallSettings, MetricsSettings, OneTimeSequences, Options, Port, Problem, Step,
+    Tuning, MAX_SEQUENCE,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -291,6 +291,10 @@ struct DoorToml {
     target: Option<Spanned<String>>,
     open: Option<Spanned<List>>,
     backend: Option<Spanned<String>>,
+    spa_keys: Option<Spanned<String>>,
+    spa_port: Option<Spanned<i64>>,
+    spa_max_age: Option<Spanned<i64>>,
+    spa_allow_other_address: Option<Spanned<bool>>,
 }
 
 /// A list written either as a TOML array (each element spanned, so errors find its
@@ -375,7 +379,7 @@ fn door(spanned: Spanned<DoorToml>, lines: &Lines) -> Result<Door, (Span, Proble
         let path = PathBuf::from(path.into_inner());
         door.sequence = onetime::initial_sequence(&path).map_err(|p| (span, p))?;
         door.one_time = Some(OneTimeSequences { path });
-    } else if door.sequence.is_empty() {
+    } else if door.sequence.is_empty() && d.spa_keys.is_none() {
         return Err((sequence_span.unwrap_or(table_span), Problem::EmptySequence(door.name)));
     }
     if let Some(t) = d.seq_timeout {
@@ -426,7 +430,20 @@ fn door(spanned: Spanned<DoorToml>, lines: &Lines) -> Result<Door, (Span, Proble
         door.backend = Some(BackendKind::parse(b.get_ref()).map_err(|p| (b.span(), p))?);
         firewall_span = b.span();
     }
-    door.check_backend().map_err(|p| (firewall_span, p))?;
+    door.check_backend().map_err(|p| (firewall_span.clone(), p))?;
+    let spa_span = d.spa_keys.as_ref().map_or(firewall_span, |k| k.span());
+    let spa = [
+        ("keys", d.spa_keys.map(|v| v.into_inner())),
+        ("port", d.spa_port.map(|v| v.into_inner().to_string())),
+        ("max_age", d.spa_max_age.map(|v| v.into_inner().to_string())),
+        ("allow_other_address", d.spa_allow_other_address.map(|v| v.into_inner().to_string())),
+    ];
+    for (name, value) in spa {
+        if let Some(value) = value {
+            spa_door::set(&mut door, name, &value).map_err(|p| (spa_span.clone(), p))?;
+        }
+    }
+    spa_door::finish(&mut door).map_err(|p| (spa_span, p))?;
     Ok(door)
 }
 
@@ -668,12 +685,21 @@ struct DoorOut<'a> {
     open: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spa_keys: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spa_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spa_max_age: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spa_allow_other_address: Option<bool>,
 }
 
 fn door_out(door: &Door) -> DoorOut<'_> {
     DoorOut {
         name: &door.name,
-        sequence: door.one_time.is_none().then(|| door.sequence.iter().map(Step::to_string).collect()),
+        sequence: (door.one_time.is_none() && !(door.spa.is_some() && door.sequence.is_empty()))
+            .then(|| door.sequence.iter().map(Step::to_string).collect()),
         one_time_sequences: door.one_time.as_ref().map(|o| o.path.to_string_lossy().into_owned()),
         seq_timeout: door.seq_timeout,
         tcp_flags: flag_names(door.tcp_flags),
@@ -685,6 +711,10 @@ fn door_out(door: &Door) -> DoorOut<'_> {
         cmd_timeout: door.cmd_timeout,
         open: door.open.iter().map(Port::to_string).collect(),
         backend: door.backend.map(BackendKind::name),
+        spa_keys: door.spa.as_ref().map(|s| s.keys_file.to_string_lossy().into_owned()),
+        spa_port: door.spa.as_ref().map(|s| s.port),
+        spa_max_age: door.spa.as_ref().map(|s| s.max_age),
+        spa_allow_other_address: door.spa.as_ref().map(|s| s.allow_other_address),
     }
 }
 

@@ -39,7 +39,15 @@ impl Config {
 
 fn door_block(out: &mut String, door: &Door) {
     line(out, 0, &format!("door {}:", door.name), "");
-    let sequence = if door.sequence.is_empty() {
+    let sequence = if let (true, Some(spa)) = (door.sequence.is_empty(), &door.spa) {
+        let other = if spa.allow_other_address { ", any address asked for" } else { "" };
+        format!(
+            "none: SPA on udp/{} (keys {}, max age {}s{other})",
+            spa.port,
+            spa.keys_file.display(),
+            spa.max_age
+        )
+    } else if door.sequence.is_empty() {
         "none left in the one-time file: door disabled".to_owned()
     } else {
         door.sequence.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")

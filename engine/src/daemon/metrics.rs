@@ -337,6 +337,16 @@ impl Sources {
             &[],
             self.total(|p| &p.suppressed) + self.log_dropped.load(Ordering::Relaxed),
         );
+        t.family("sesame_spa_accepted_total", "counter", "SPA packets accepted (grants requested).");
+        t.sample("sesame_spa_accepted_total", &[], self.total(|p| &p.spa_accepted));
+        t.family("sesame_spa_refused_total", "counter", "SPA packets refused, by reason.");
+        for r in crate::spa::Refusal::ALL {
+            t.sample(
+                "sesame_spa_refused_total",
+                &[("reason", r.name())],
+                self.total(|p| &p.spa_refused[r.index()]),
+            );
+        }
         t.family("sesame_config_reloads_total", "counter", "SIGHUP reloads, by result.");
         t.sample("sesame_config_reloads_total", &[("result", "ok")], self.reloads.ok.load(Ordering::Relaxed));
         t.sample(

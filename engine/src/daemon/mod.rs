@@ -15,6 +15,7 @@ mod reload;
 mod rings;
 mod settings;
 mod sizing;
+mod spa;
 mod supervisor;
 mod worker;
 
@@ -90,6 +91,9 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
         }
     }
     let state_lock = lock_state_dir(&s.state_dir(&config))?;
+    if config.doors.iter().any(|d| d.spa.is_some()) {
+        spa::init(&s.state_dir(&config), worker::now_secs() as i64)?;
+    }
     let metrics = s.metrics_listen.or(config.metrics.listen).map(metrics::bind).transpose()?;
     // Last, as it changes the firewall: sesame's table or chain, ports closed.
     let firewall = Arc::new(Firewall::for_config(&config, None)?);
@@ -217,6 +221,7 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
             executor: executor.handle(),
             limiter: Limiter::new(sizing.log_rate),
             now: now_secs(),
+            spa: Default::default(),
         };
         let worker = Worker::new(matcher, sink, rings, rx, published.clone(), s.debug, !s.ipv4_only);
         let stop = term.clone();

@@ -11,8 +11,9 @@ use crate::log::{Log, LogItem};
 use crate::matcher::{DoorStats, Event, Matcher, OpenTimes, Secs, Sink, BATCH, OPEN_BOUNDS};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crossbeam_utils::CachePadded;
+use sesame_capture::payload::udp_payload;
 use sesame_capture::ring::{self, Ring, RingStats};
-use sesame_capture::{iface, CaptureError, Knock};
+use sesame_capture::{iface, CaptureError, Knock, Proto};
 use sesame_firewall::{ExecutorHandle, GrantRequest};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +64,9 @@ pub(crate) struct Published {
     /// Turns of the worker's loop (at least one every 250 ms while it runs): the
     /// systemd watchdog is pet only while it grows.
     pub(crate) beats: AtomicU64,
+    /// SPA packets refused, by [`crate::spa::Refusal::index`], and accepted.
+    pub(crate) spa_refused: [AtomicU64; crate::spa::Refusal::ALL.len()],
+    pub(crate) spa_accepted: AtomicU64,
 }
 
 #[derive(Default)]
@@ -162,6 +166,8 @@ pub(crate) struct WorkerSink {
     pub(crate) limiter: Limiter,
     /// The current second, set by the worker once per block rather than read per event.
     pub(crate) now: Secs,
+    /// This worker's SPA counts (published with the other counters).
+    pub(crate) spa: super::spa::Counts,
 }
 
 impl Sink for WorkerSink {
@@ -210,6 +216,8 @@ pub(crate) struct Worker {
     published: Shared,
     debug: bool,
     ipv6: bool,
+    /// The UDP ports of SPA doors: datagrams to them go to [`super::spa::handle`].
+    spa_ports: Vec<u16>,
 }
 
 impl Worker {
@@ -235,7 +243,9 @@ impl Worker {
             published,
             debug,
             ipv6,
+            spa_ports: Vec::new(),
         };
+        w.spa_ports = w.sink.doors.spa_ports();
         for (slot, ring) in rings {
             w.attach(slot, ring);
         }
@@ -296,6 +306,7 @@ impl Worker {
                 // Off the packet path: a new table, published with the counters carried over.
                 self.door_counts = Arc::new(DoorCounts::of(&self.matcher));
                 *self.published.doors.lock().unwrap_or_else(|p| p.into_inner()) = self.door_counts.clone();
+                self.spa_ports = doors.spa_ports();
                 self.sink.doors = doors;
                 self.sink.firewall = firewall;
                 true
@@ -381,6 +392,12 @@ impl Worker {
                             if self.debug {
                                 debug_knock(&knock);
                             }
+                            if knock.proto == Proto::Udp && self.spa_ports.contains(&knock.dst_port) {
+                                if let Some(payload) = udp_payload(link, frame.data) {
+                                    super::spa::handle(&mut self.sink, knock.src, knock.dst_port, payload);
+                                }
+                                continue;
+                            }
                             batch.push((knock, Secs::from(frame.ts_sec)));
                         }
                         Err(e) => {
@@ -428,6 +445,10 @@ impl Worker {
         p.rejected.store(m.tracker.rejected, Ordering::Relaxed);
         p.attempts.store(self.matcher.in_progress() as u64, Ordering::Relaxed);
         p.capacity.store(self.matcher.tracker().capacity() as u64, Ordering::Relaxed);
+        for (a, v) in p.spa_refused.iter().zip(self.sink.spa.refused) {
+            a.store(v, Ordering::Relaxed);
+        }
+        p.spa_accepted.store(self.sink.spa.accepted, Ordering::Relaxed);
     }
 }
 
