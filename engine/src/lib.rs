@@ -12,6 +12,7 @@ mod filter_spec;
 pub mod knocking;
 pub mod log;
 pub mod matcher;
+pub mod rotating;
 mod port_index;
 pub mod tracker;
 

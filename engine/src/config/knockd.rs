@@ -92,6 +92,8 @@ struct Draft {
     header_line: usize,
     sequence_line: Option<usize>,
     one_time: Option<(PathBuf, usize)>,
+    /// sesame-only: `Sequence_Secret_File` and the keys that go with it.
+    rotation: super::rotation::RotationKeys,
     /// The line of the last sesame-only `Open`/`Backend` key, for their errors.
     firewall_line: Option<usize>,
 }
@@ -114,6 +116,7 @@ enum Key {
     Target,
     Open,
     Backend,
+    Rotation(super::rotation::RotationKey),
 }
 
 impl Key {
@@ -136,7 +139,7 @@ impl Key {
             // sesame-only.
             "OPEN" => Key::Open,
             "BACKEND" => Key::Backend,
-            _ => return None,
+            _ => Key::Rotation(super::rotation::RotationKey::of(upper)?),
         })
     }
 
@@ -214,6 +217,7 @@ impl Parser<'_> {
                 header_line: n,
                 sequence_line: None,
                 one_time: None,
+                rotation: Default::default(),
                 firewall_line: None,
             }))
         });
@@ -277,6 +281,7 @@ impl Parser<'_> {
                 door.backend = Some(super::BackendKind::parse(value)?);
                 draft.firewall_line = Some(n);
             }
+            Key::Rotation(key) => draft.rotation.set(key, value, n)?,
             Key::UseSyslog | Key::LogFile | Key::PidFile | Key::Interface => {
                 unreachable!("not a door key")
             }
@@ -291,11 +296,16 @@ impl Parser<'_> {
             return Ok(());
         };
         let mut door = draft.door;
+        if let Some(line) = draft.rotation.line {
+            let other = draft.one_time.is_some() || !door.sequence.is_empty();
+            draft.rotation.finish(&mut door, other).map_err(|p| self.error(line, p))?;
+            door.lines.sequence = line;
+        }
         if let Some((path, line)) = draft.one_time {
             door.sequence = onetime::initial_sequence(&path).map_err(|p| self.error(line, p))?;
             door.one_time = Some(OneTimeSequences { path });
             door.lines.sequence = line;
-        } else if door.sequence.is_empty() {
+        } else if door.sequence.is_empty() && door.rotating.is_none() {
             let line = draft.sequence_line.unwrap_or(draft.header_line);
             return Err(self.error(line, Problem::EmptySequence(door.name)));
         }

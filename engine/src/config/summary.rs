@@ -39,7 +39,16 @@ impl Config {
 
 fn door_block(out: &mut String, door: &Door) {
     line(out, 0, &format!("door {}:", door.name), "");
-    let sequence = if door.sequence.is_empty() {
+    let sequence = if let Some(r) = &door.rotating {
+        format!(
+            "rotating: {} ports in {}-{}, new every {}s, from {}",
+            r.params.length,
+            r.params.lo,
+            r.params.hi,
+            r.params.step,
+            r.secret_file.display()
+        )
+    } else if door.sequence.is_empty() {
         "none left in the one-time file: door disabled".to_owned()
     } else {
         door.sequence.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",")

@@ -131,7 +131,7 @@ impl Supervisor<'_> {
             }
             if hup.swap(false, Ordering::Relaxed) {
                 if let Some((doors, firewall)) =
-                    reload(self.settings, &self.interfaces, &self.firewall, self.workers, self.log)
+                    reload(self.settings, &self.interfaces, &self.doors, &self.firewall, self.workers, self.log)
                 {
                     self.doors = doors;
                     self.firewall = firewall;
