@@ -112,7 +112,8 @@ impl Doors {
     /// Compiles the config's doors, reading the one-time-sequence files; rotating doors
     /// start at the time step of the clock.
     pub fn new(config: &Config) -> Result<Arc<Doors>, ConfigError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Doors::new_at(config, now)
     }
 

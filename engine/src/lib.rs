@@ -12,8 +12,8 @@ mod filter_spec;
 pub mod knocking;
 pub mod log;
 pub mod matcher;
-pub mod rotating;
 mod port_index;
+pub mod rotating;
 pub mod tracker;
 
 /// The binaries' exit-status policy: 2 for a bad configuration or an impossible

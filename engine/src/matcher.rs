@@ -491,7 +491,8 @@ impl Matcher {
 
     /// A sequence completed, `took` seconds after its first knock.
     fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, took: Secs, out: &mut impl Sink) {
-        if let (Some(live), Some(step)) = (&self.shared.rotating[usize::from(id)], self.doors[usize::from(id)].step)
+        if let (Some(live), Some(step)) =
+            (&self.shared.rotating[usize::from(id)], self.doors[usize::from(id)].step)
         {
             // A rotating sequence opens once in its step, whoever knocks it: a replay of
             // what an eavesdropper saw is refused.

@@ -181,7 +181,9 @@ pub fn derive(secret: &Secret, params: &Params, step: u64) -> Vec<u16> {
             }
             match ports.as_slice() {
                 // The second port must leave room for a third that turns back.
-                [first] if (port > *first && port < params.lo + 3) || (port < *first && port > params.hi - 3) => {
+                [first]
+                    if (port > *first && port < params.lo + 3) || (port < *first && port > params.hi - 3) =>
+                {
                     continue
                 }
                 // The third port turns back: no sequence is monotonic.
@@ -253,7 +255,8 @@ mod tests {
 
     fn doc_vectors() -> Vectors {
         let text = include_str!("../../docs/rotating.md");
-        let section = text.split("## Test vectors").nth(1).expect("docs/rotating.md has a Test vectors section");
+        let section =
+            text.split("## Test vectors").nth(1).expect("docs/rotating.md has a Test vectors section");
         let value = |key: &str| {
             section
                 .lines()

@@ -20,6 +20,27 @@ struct Cli {
     command: Command,
 }
 
+/// `sesame knock --secret-file FILE HOST`: a rotating door's current sequence.
+#[derive(clap::Args, Debug)]
+struct RotatingArgs {
+    /// knock the current sequence of a rotating door with this secret file
+    #[arg(long, value_name = "FILE", conflicts_with = "udp")]
+    secret_file: Option<PathBuf>,
+    /// the door's sequence_step, seconds
+    #[arg(long, value_name = "S", requires = "secret_file", default_value_t = sesame_engine::rotating::DEFAULT_STEP)]
+    step: u32,
+    /// the door's sequence_length
+    #[arg(long, value_name = "N", requires = "secret_file", default_value_t = sesame_engine::rotating::DEFAULT_LENGTH)]
+    length: u8,
+    /// the door's sequence_ports
+    #[arg(long, value_name = "LO-HI", requires = "secret_file", default_value = "10000-60000")]
+    ports: String,
+    /// knock the sequence of the step this time falls in (seconds since the epoch)
+    /// instead of now's, e.g. to test that an old one is refused
+    #[arg(long, value_name = "UNIX", requires = "secret_file")]
+    at: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Knock on HOST's ports, like knockd's `knock`.
@@ -42,8 +63,10 @@ enum Command {
         /// host to knock on
         host: String,
         /// ports, each PORT[:tcp|:udp]
-        #[arg(required = true)]
+        #[arg(required_unless_present = "secret_file", conflicts_with = "secret_file")]
         ports: Vec<String>,
+        #[command(flatten)]
+        rotating: RotatingArgs,
     },
     /// Validate a config file (knockd.conf or .toml), summarise its doors and warn about
     /// weak sequences and commands that lock out or expose (`warning: FILE:LINE: ...`).
@@ -95,8 +118,21 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
-            let mut plan = KnockPlan::new(host, &ports, udp)?;
+        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, rotating } => {
+            let mut plan = match &rotating.secret_file {
+                Some(file) => {
+                    let (lo, hi) = sesame_engine::rotating::Params::parse_ports(&rotating.ports)
+                        .map_err(anyhow::Error::msg)?;
+                    let params = sesame_engine::rotating::Params {
+                        step: rotating.step,
+                        length: rotating.length,
+                        lo,
+                        hi,
+                    };
+                    KnockPlan::rotating(host, file, &params, rotating.at)?
+                }
+                None => KnockPlan::new(host, &ports, udp)?,
+            };
             plan.delay = Duration::from_millis(delay);
             plan.family = if ipv4 {
                 Family::V4
@@ -166,13 +202,29 @@ mod tests {
             Cli::try_parse_from(["sesame", "knock", "-u", "-d", "10", "-4", "-v", "h", "7000", "8000:udp"])
                 .unwrap();
         match c.command {
-            Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports } => {
+            Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, .. } => {
                 assert!(udp && ipv4 && !ipv6 && verbose);
                 assert_eq!((delay, host.as_str(), ports.len()), (10, "h", 2));
             }
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sesame", "knock", "-4", "-6", "h", "1"]).is_err());
+    }
+
+    #[test]
+    fn knock_takes_a_secret_file_instead_of_ports() {
+        let c = Cli::try_parse_from(["sesame", "knock", "--secret-file", "s", "--step", "5", "h"]).unwrap();
+        match c.command {
+            Command::Knock { ports, rotating, .. } => {
+                assert!(ports.is_empty());
+                assert_eq!(rotating.secret_file, Some(PathBuf::from("s")));
+                assert_eq!((rotating.step, rotating.length, rotating.ports.as_str()), (5, 4, "10000-60000"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err(), "ports or a secret file");
+        assert!(Cli::try_parse_from(["sesame", "knock", "--secret-file", "s", "h", "7000"]).is_err());
+        assert!(Cli::try_parse_from(["sesame", "knock", "--step", "5", "h", "7000"]).is_err());
     }
 
     #[test]

@@ -130,9 +130,14 @@ impl Supervisor<'_> {
                 return Ok(());
             }
             if hup.swap(false, Ordering::Relaxed) {
-                if let Some((doors, firewall)) =
-                    reload(self.settings, &self.interfaces, &self.doors, &self.firewall, self.workers, self.log)
-                {
+                if let Some((doors, firewall)) = reload(
+                    self.settings,
+                    &self.interfaces,
+                    &self.doors,
+                    &self.firewall,
+                    self.workers,
+                    self.log,
+                ) {
                     self.doors = doors;
                     self.firewall = firewall;
                     self.reloads.ok.fetch_add(1, Ordering::Relaxed);
