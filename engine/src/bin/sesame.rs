@@ -26,15 +26,15 @@ struct RotatingArgs {
     /// knock the current sequence of a rotating door with this secret file
     #[arg(long, value_name = "FILE", conflicts_with = "udp")]
     secret_file: Option<PathBuf>,
-    /// the door's sequence_step, seconds
-    #[arg(long, value_name = "S", requires = "secret_file", default_value_t = sesame_engine::rotating::DEFAULT_STEP)]
-    step: u32,
-    /// the door's sequence_length
-    #[arg(long, value_name = "N", requires = "secret_file", default_value_t = sesame_engine::rotating::DEFAULT_LENGTH)]
-    length: u8,
-    /// the door's sequence_ports
-    #[arg(long, value_name = "LO-HI", requires = "secret_file", default_value = "10000-60000")]
-    ports: String,
+    /// the door's sequence_step, seconds [default: 30]
+    #[arg(long, value_name = "S", requires = "secret_file")]
+    step: Option<u32>,
+    /// the door's sequence_length [default: 4]
+    #[arg(long, value_name = "N", requires = "secret_file")]
+    length: Option<u8>,
+    /// the door's sequence_ports [default: 10000-60000]
+    #[arg(long = "ports", value_name = "LO-HI", requires = "secret_file")]
+    port_range: Option<String>,
     /// knock the sequence of the step this time falls in (seconds since the epoch)
     /// instead of now's, e.g. to test that an old one is refused
     #[arg(long, value_name = "UNIX", requires = "secret_file")]
@@ -121,17 +121,22 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, rotating } => {
             let mut plan = match &rotating.secret_file {
                 Some(file) => {
-                    let (lo, hi) = sesame_engine::rotating::Params::parse_ports(&rotating.ports)
-                        .map_err(anyhow::Error::msg)?;
-                    let params = sesame_engine::rotating::Params {
-                        step: rotating.step,
-                        length: rotating.length,
-                        lo,
-                        hi,
-                    };
+                    use sesame_engine::rotating::Params;
+                    let mut params = Params::default();
+                    if let Some(range) = &rotating.port_range {
+                        (params.lo, params.hi) = Params::parse_ports(range).map_err(anyhow::Error::msg)?;
+                    }
+                    params.step = rotating.step.unwrap_or(params.step);
+                    params.length = rotating.length.unwrap_or(params.length);
                     KnockPlan::rotating(host, file, &params, rotating.at)?
                 }
-                None => KnockPlan::new(host, &ports, udp)?,
+                None => {
+                    let r = &rotating;
+                    if r.step.is_some() || r.length.is_some() || r.port_range.is_some() || r.at.is_some() {
+                        anyhow::bail!("--step, --length, --ports and --at go with --secret-file");
+                    }
+                    KnockPlan::new(host, &ports, udp)?
+                }
             };
             plan.delay = Duration::from_millis(delay);
             plan.family = if ipv4 {
@@ -218,13 +223,12 @@ mod tests {
             Command::Knock { ports, rotating, .. } => {
                 assert!(ports.is_empty());
                 assert_eq!(rotating.secret_file, Some(PathBuf::from("s")));
-                assert_eq!((rotating.step, rotating.length, rotating.ports.as_str()), (5, 4, "10000-60000"));
+                assert_eq!((rotating.step, rotating.length, rotating.port_range), (Some(5), None, None));
             }
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err(), "ports or a secret file");
         assert!(Cli::try_parse_from(["sesame", "knock", "--secret-file", "s", "h", "7000"]).is_err());
-        assert!(Cli::try_parse_from(["sesame", "knock", "--step", "5", "h", "7000"]).is_err());
     }
 
     #[test]
