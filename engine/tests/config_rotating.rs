@@ -86,7 +86,7 @@ fn what_does_not_go_together_is_refused() {
     let s = secret.display();
     for (text, want) in [
         (format!("[options]\n[d]\nSequence = 1,2,3\nSequence_Secret_File = {s}\n"), "choose one"),
-        (format!("[options]\n[d]\nSequence_Step = 5\n"), "no sequence_secret_file"),
+        ("[options]\n[d]\nSequence_Step = 5\n".to_string(), "no sequence_secret_file"),
         (format!("[options]\n[d]\nSequence_Secret_File = {s}\nSequence_Length = 2\n"), "sequence_length"),
         (format!("[options]\n[d]\nSequence_Secret_File = {s}\nSequence_Ports = 1000-1010\n"), "too narrow"),
         (format!("[options]\n[d]\nSequence_Secret_File = {s}\nSequence_Ports = 1000\n"), "LO-HI"),

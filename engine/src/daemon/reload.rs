@@ -26,7 +26,7 @@ pub(crate) fn reload(
         let config = Config::load(&s.config)?;
         let doors = Doors::new(&config)?;
         // A used rotating sequence stays used across the reload.
-        doors.carry_over(&running);
+        doors.carry_over(running);
         // Every interface's filter must build before any worker switches.
         for slot in 0..interfaces.len() {
             if let State::Present { link, local, .. } = interfaces.state(slot) {
