@@ -120,7 +120,8 @@ impl Doors {
     /// Compiles the config's doors with rotating doors at the time step of `now`
     /// (seconds since the epoch).
     pub fn new_at(config: &Config, now: u64) -> Result<Arc<Doors>, ConfigError> {
-        assert!(config.doors.len() * 2 <= usize::from(DoorId::MAX), "too many doors");
+        let rotating_doors = config.doors.iter().filter(|d| d.rotating.is_some()).count();
+        assert!(config.doors.len() + rotating_doors <= usize::from(DoorId::MAX), "too many doors");
         let mut initial = Vec::new();
         let mut one_time = Vec::new();
         let mut rotating = Vec::new();
