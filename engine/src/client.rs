@@ -5,6 +5,7 @@
 //! `-v` output as knock.
 
 use crate::config::{parse_step, Step};
+use crate::rotating;
 use anyhow::{bail, Context};
 use sesame_capture::Proto;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -47,6 +48,26 @@ impl KnockPlan {
                 Ok(step)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(KnockPlan { host, steps, delay: Duration::ZERO, family: Family::Any, verbose: false })
+    }
+
+    /// A rotating door's sequence (see [`crate::rotating`]) for the step of `at`
+    /// (seconds since the epoch), or of now.
+    pub fn rotating(
+        host: String,
+        secret_file: &std::path::Path,
+        params: &rotating::Params,
+        at: Option<u64>,
+    ) -> anyhow::Result<KnockPlan> {
+        params.check(crate::config::MAX_SEQUENCE).map_err(anyhow::Error::msg)?;
+        let secret = rotating::read_secret(secret_file).map_err(anyhow::Error::msg)?;
+        let now =
+            || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let step = params.step_at(at.unwrap_or_else(now));
+        let steps = rotating::derive(&secret, params, step)
+            .into_iter()
+            .map(|port| Step { port, proto: Proto::Tcp })
+            .collect();
         Ok(KnockPlan { host, steps, delay: Duration::ZERO, family: Family::Any, verbose: false })
     }
 }

@@ -10,6 +10,7 @@
 
 use crate::config::onetime::{OneTimeFile, OneTimeLine};
 use crate::config::{BackendKind, Config, ConfigError, Door, Step, TcpFlagRule};
+use crate::rotating::Live;
 use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::{CaptureError, Knock, Link, Proto};
 use std::collections::HashMap;
@@ -95,8 +96,15 @@ pub(crate) struct OneTimeState {
 /// The doors of one configuration, shared by every worker's matcher.
 #[derive(Debug)]
 pub struct Doors {
+    /// The configured doors in file order, then one more for each rotating door: its
+    /// previous step's sequence (see [`crate::rotating`]).
     pub(crate) initial: Vec<DoorState>,
     pub(crate) one_time: Vec<Option<OneTime>>,
+    /// By place in `initial`: a rotating door's secret and used steps (its
+    /// previous-step copy shares them).
+    pub(crate) rotating: Vec<Option<Arc<Live>>>,
+    /// By place in `initial`: a rotating door's previous-step copy.
+    pub(crate) previous: Vec<Option<DoorId>>,
     /// The doors as configured (commands, timeouts), in the same order.
     config: Vec<Door>,
     /// Each door's firewall backend, `[firewall] backend` applied.
@@ -104,19 +112,68 @@ pub struct Doors {
 }
 
 impl Doors {
-    /// Compiles the config's doors, reading the one-time-sequence files.
+    /// Compiles the config's doors, reading the one-time-sequence files; rotating doors
+    /// start at the time step of the clock.
     pub fn new(config: &Config) -> Result<Arc<Doors>, ConfigError> {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Doors::new_at(config, now)
+    }
+
+    /// Compiles the config's doors with rotating doors at the time step of `now`
+    /// (seconds since the epoch).
+    pub fn new_at(config: &Config, now: u64) -> Result<Arc<Doors>, ConfigError> {
         // The parsers refuse this already; a `Config` built in code is refused here.
         crate::config::check_door_count(&config.source, &config.doors)?;
+        // A rotating door takes a second id, for its previous step's copy.
+        let rotating_doors = config.doors.iter().filter(|d| d.rotating.is_some()).count();
+        if config.doors.len() + rotating_doors > usize::from(DoorId::MAX) {
+            let last = config.doors.iter().rev().find(|d| d.rotating.is_some()).expect("a rotating door");
+            return Err(ConfigError {
+                file: config.source.clone(),
+                line: last.lines.door,
+                problem: crate::config::Problem::TooManyDoors(last.name.clone()),
+            });
+        }
         let mut initial = Vec::new();
         let mut one_time = Vec::new();
+        let mut rotating = Vec::new();
         for (door, key) in config.doors.iter().zip(keys(config)) {
             let (state, ot) = DoorState::from_door(door, key)?;
             initial.push(state);
             one_time.push(ot);
+            rotating.push(door.rotating.as_ref().map(|r| Arc::new(Live::new(r.secret.clone(), r.params))));
+        }
+        let mut previous = vec![None; initial.len()];
+        for id in 0..config.doors.len() {
+            let Some(live) = rotating[id].clone() else { continue };
+            let step = live.params.step_at(now);
+            let mut prev = initial[id].clone();
+            initial[id].rotate_to(&live, step, false);
+            prev.rotate_to(&live, step.saturating_sub(1), true);
+            previous[id] = Some(initial.len() as DoorId);
+            initial.push(prev);
+            one_time.push(None);
+            rotating.push(Some(live));
+            previous.push(None);
         }
         let backends = config.doors.iter().map(|d| d.backend_in(&config.firewall)).collect();
-        Ok(Arc::new(Doors { initial, one_time, config: config.doors.clone(), backends }))
+        Ok(Arc::new(Doors { initial, one_time, rotating, previous, config: config.doors.clone(), backends }))
+    }
+
+    /// Carries the used steps of rotating doors over from `old` (a reload) where the door
+    /// derives the same sequences: a reload must not make a used sequence usable again.
+    pub fn carry_over(&self, old: &Doors) {
+        for (id, live) in self.rotating.iter().enumerate() {
+            let Some(live) = live else { continue };
+            let key = self.initial[id].key;
+            let same = old.initial.iter().zip(&old.rotating).find_map(|(d, r)| {
+                r.as_ref().filter(|r| d.key == key && r.secret == live.secret && r.params == live.params)
+            });
+            if let Some(same) = same {
+                live.set_used(same.used());
+            }
+        }
     }
 
     /// Doors that are disabled from the start (one-time files with no sequence left).
@@ -178,6 +235,14 @@ pub struct DoorState {
     pub(crate) spa_port: Option<u16>,
     /// For one-time doors: the shared generation this copy was made from.
     pub(crate) generation: u64,
+    /// For rotating doors: the time step `sequence` belongs to.
+    pub(crate) step: Option<u64>,
+    /// A rotating door's copy for the previous step.
+    pub(crate) previous: bool,
+    /// For a rotating door (not its previous-step copy): the next step's sequence, which
+    /// the kernel filter already passes so that no knock is lost while a worker has not
+    /// yet noticed that the step changed. The matcher does not see these ports.
+    pub(crate) lookahead: Vec<Step>,
 }
 
 impl DoorState {
@@ -204,11 +269,23 @@ impl DoorState {
             seq_timeout: door.seq_timeout,
             flags: door.tcp_flags,
             target: door.target,
-            enabled,
+            enabled: enabled || door.rotating.is_some(),
             spa_port: door.spa.as_ref().map(|s| s.port),
             generation: 0,
+            step: None,
+            previous: false,
+            lookahead: Vec::new(),
         };
         Ok((state, one_time))
+    }
+
+    /// Sets a rotating door's sequence (and, unless `previous`, its lookahead) for `step`.
+    pub(crate) fn rotate_to(&mut self, live: &Live, step: u64, previous: bool) {
+        let tcp = |ports: Vec<u16>| ports.into_iter().map(|port| Step { port, proto: Proto::Tcp }).collect();
+        self.sequence = tcp(live.ports(step));
+        self.lookahead = if previous { Vec::new() } else { tcp(live.ports(step + 1)) };
+        self.step = Some(step);
+        self.previous = previous;
     }
 
     /// Whether a reload may carry this door's attempts over to `next`: the same door,
@@ -221,6 +298,8 @@ impl DoorState {
             && self.flags == next.flags
             && self.target == next.target
             && self.seq_timeout == next.seq_timeout
+            && self.step == next.step
+            && self.previous == next.previous
     }
 
     pub(crate) fn flags_ok(&self, k: &Knock) -> bool {

@@ -24,7 +24,8 @@ pub(crate) fn spec(doors: &[DoorState], local: &[IpAddr], ipv6: bool) -> FilterS
         local.iter().copied().for_each(&mut add);
     }
     enabled.clone().filter_map(|d| d.target).for_each(&mut add);
-    for step in enabled.flat_map(|d| &d.sequence) {
+    // A rotating door's next sequence too: see `DoorState::lookahead`.
+    for step in enabled.flat_map(|d| d.sequence.iter().chain(&d.lookahead)) {
         match step.proto {
             Proto::Tcp => spec.tcp_ports.push(step.port),
             Proto::Udp => spec.udp_ports.push(step.port),

@@ -13,6 +13,7 @@ pub mod knocking;
 pub mod log;
 pub mod matcher;
 mod port_index;
+pub mod rotating;
 pub mod spa;
 pub mod spa_client;
 pub mod tracker;

@@ -47,6 +47,10 @@ pub fn event_message(event: &Event, door_name: &str, host: Option<&str>) -> Mess
     match event {
         Event::Stage { src, stage, .. } => Message::plain(format!("{}: {door_name}: Stage {stage}", who(*src, host))),
         Event::Open { src, .. } => Message::plain(format!("{}: {door_name}: OPEN SESAME", who(*src, host))),
+        Event::Replayed { src, .. } => Message::plain(format!(
+            "{}: {door_name}: sequence already used in this time step, not opened",
+            who(*src, host)
+        )),
         Event::Timeout { src, stage, .. } => Message {
             text: format!("{}: {door_name}: sequence timeout (stage {stage})", who(*src, host)),
             newline: true,
@@ -404,7 +408,10 @@ impl Writer {
 
 fn event_ip(e: &Event) -> Option<IpAddr> {
     match e {
-        Event::Stage { src, .. } | Event::Open { src, .. } | Event::Timeout { src, .. } => Some(*src),
+        Event::Stage { src, .. }
+        | Event::Open { src, .. }
+        | Event::Timeout { src, .. }
+        | Event::Replayed { src, .. } => Some(*src),
         Event::DoorDisabled { .. } | Event::OneTimeError { .. } => None,
     }
 }

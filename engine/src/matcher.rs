@@ -54,6 +54,9 @@ pub enum Event {
     /// A one-time sequence file could not be updated or read; the door is disabled
     /// rather than left open to a replay.
     OneTimeError { door: DoorKey, message: String },
+    /// `IP: DOOR: sequence already used in this time step, not opened`: a rotating
+    /// sequence completed again in the step in which it had opened.
+    Replayed { src: IpAddr, door: DoorKey },
 }
 
 impl Event {
@@ -62,6 +65,7 @@ impl Event {
             Event::Stage { door, .. }
             | Event::Open { door, .. }
             | Event::Timeout { door, .. }
+            | Event::Replayed { door, .. }
             | Event::DoorDisabled { door }
             | Event::OneTimeError { door, .. } => *door,
         }
@@ -88,6 +92,8 @@ pub struct MatchStats {
     /// Packets no door would see: other ports, other destinations, flags no door wants.
     pub invisible: u64,
     pub opened: u64,
+    /// Rotating sequences completed again in the step in which they had opened.
+    pub replayed: u64,
     pub broken: u64,
     pub timeouts: u64,
     pub tracker: TrackerStats,
@@ -181,6 +187,9 @@ pub struct Matcher {
     /// The second of the last sweep: timeouts are whole seconds, so one sweep per
     /// second is on time, and more would only burn memory bandwidth.
     swept: Secs,
+    /// Rotating doors keep their sequences while the clock is within `[from, until)`;
+    /// outside it they move to the clock's step (`0..MAX` without rotating doors).
+    steady: std::ops::Range<Secs>,
 }
 
 impl Matcher {
@@ -206,7 +215,64 @@ impl Matcher {
             has_one_time,
             generation: 0,
             swept: 0,
+            steady: 0..Secs::MAX,
         }
+        .with_steady_window()
+    }
+
+    fn with_steady_window(mut self) -> Matcher {
+        self.steady = self.steady_window();
+        self
+    }
+
+    /// While no rotating door's step changes: from the start of the previous step (a
+    /// packet stamped a little before the boundary the matcher already passed belongs
+    /// there) to the next boundary.
+    fn steady_window(&self) -> std::ops::Range<Secs> {
+        let mut window = 0..Secs::MAX;
+        for (door, live) in self.doors.iter().zip(&self.shared.rotating) {
+            let (Some(live), Some(step), false) = (live, door.step, door.previous) else { continue };
+            let step_secs = Secs::from(live.params.step);
+            window.start = window.start.max(step.saturating_sub(1).saturating_mul(step_secs));
+            window.end = window.end.min(live.params.next_boundary(step));
+        }
+        window
+    }
+
+    /// Moves every rotating door whose step is not the clock's to it: the current
+    /// sequence becomes the previous one (attempts at it go along), the previous one's
+    /// attempts end, and the kernel filter is rebuilt (`generation`).
+    fn rotate(&mut self, now: Secs) {
+        let mut map: Vec<Option<DoorId>> = (0..self.doors.len()).map(|i| Some(i as DoorId)).collect();
+        let mut changed = false;
+        for id in 0..self.doors.len() {
+            let (Some(live), Some(prev)) = (&self.shared.rotating[id], self.shared.previous[id]) else {
+                continue;
+            };
+            let (prev, step) = (usize::from(prev), live.params.step_at(now));
+            let old = self.doors[id].step.unwrap_or(0);
+            if step == old || step + 1 == old {
+                continue;
+            }
+            if step == old + 1 {
+                self.doors[prev].sequence = std::mem::take(&mut self.doors[id].sequence);
+                self.doors[prev].step = Some(old);
+                map[id] = Some(prev as DoorId);
+            } else {
+                self.doors[prev].rotate_to(live, step.saturating_sub(1), true);
+                map[id] = None;
+            }
+            map[prev] = None;
+            let live = live.clone();
+            self.doors[id].rotate_to(&live, step, false);
+            changed = true;
+        }
+        if changed {
+            self.attempts.remap(|door| map.get(usize::from(door)).copied().flatten());
+            self.ports = PortIndex::new(&self.doors);
+            self.generation += 1;
+        }
+        self.steady = self.steady_window();
     }
 
     /// Sets the addresses of the interface in `slot` (its place in the daemon's list).
@@ -320,7 +386,11 @@ impl Matcher {
             }
             let generation = self.generation;
             for ((k, now), entry) in chunk.iter().zip(buckets.iter()) {
-                // A one-time door that moved on mid-batch changes which ports count.
+                if !self.steady.contains(now) {
+                    self.rotate(*now);
+                }
+                // A one-time door that moved on mid-batch, or a rotating door that
+                // moved to the next step, changes which ports count.
                 let entry = if self.generation == generation {
                     *entry
                 } else {
@@ -421,6 +491,17 @@ impl Matcher {
 
     /// A sequence completed, `took` seconds after its first knock.
     fn open(&mut self, _proof: Opened, src: IpAddr, id: DoorId, took: Secs, out: &mut impl Sink) {
+        if let (Some(live), Some(step)) =
+            (&self.shared.rotating[usize::from(id)], self.doors[usize::from(id)].step)
+        {
+            // A rotating sequence opens once in its step, whoever knocks it: a replay of
+            // what an eavesdropper saw is refused.
+            if !live.claim(step) {
+                self.stats.replayed += 1;
+                out.event(Event::Replayed { src, door: self.doors[usize::from(id)].key });
+                return;
+            }
+        }
         self.stats.opened += 1;
         if self.metrics {
             self.per_door[usize::from(id)].completed += 1;
@@ -507,7 +588,7 @@ impl Matcher {
             .map(|new| {
                 self.doors
                     .iter()
-                    .position(|old| old.key == new.key)
+                    .position(|old| old.key == new.key && old.previous == new.previous)
                     .map(|i| self.per_door[i])
                     .unwrap_or_default()
             })
@@ -517,12 +598,16 @@ impl Matcher {
         self.has_one_time = doors.one_time.iter().any(Option::is_some);
         self.shared = doors;
         self.generation += 1;
+        self.steady = self.steady_window();
     }
 
     /// Fires every sequence timeout due at `now`.
     pub fn expire(&mut self, now: Secs, out: &mut impl Sink) {
         if self.has_one_time {
             self.refresh_one_time();
+        }
+        if !self.steady.contains(&now) {
+            self.rotate(now);
         }
         if now == self.swept {
             return;

@@ -147,6 +147,7 @@ fn every_key_with_case_aliases_and_odd_values() {
         name: "opencloseSMTP".into(),
         sequence: vec![udp(2222), tcp(3333), udp(4444)],
         one_time: None,
+        rotating: None,
         seq_timeout: 15,
         tcp_flags: TcpFlagRule { set: FIN, clear: ACK | RST },
         start_command: Some(

@@ -43,6 +43,27 @@ struct SpaArgs {
     fw_timeout: Option<u32>,
 }
 
+/// `sesame knock --secret-file FILE HOST`: a rotating door's current sequence.
+#[derive(clap::Args, Debug)]
+struct RotatingArgs {
+    /// knock the current sequence of a rotating door with this secret file
+    #[arg(long, value_name = "FILE", conflicts_with = "udp")]
+    secret_file: Option<PathBuf>,
+    /// the door's sequence_step, seconds [default: 30]
+    #[arg(long, value_name = "S", requires = "secret_file")]
+    step: Option<u32>,
+    /// the door's sequence_length [default: 4]
+    #[arg(long, value_name = "N", requires = "secret_file")]
+    length: Option<u8>,
+    /// the door's sequence_ports [default: 10000-60000]
+    #[arg(long = "ports", value_name = "LO-HI", requires = "secret_file")]
+    port_range: Option<String>,
+    /// knock the sequence of the step this time falls in (seconds since the epoch)
+    /// instead of now's, e.g. to test that an old one is refused
+    #[arg(long, value_name = "UNIX", requires = "secret_file")]
+    at: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Knock on HOST's ports, like knockd's `knock`.
@@ -65,10 +86,12 @@ enum Command {
         /// host to knock on
         host: String,
         /// ports, each PORT[:tcp|:udp]
-        #[arg(required_unless_present = "spa")]
+        #[arg(required_unless_present_any = ["spa", "secret_file"], conflicts_with = "secret_file")]
         ports: Vec<String>,
         #[command(flatten)]
         spa: SpaArgs,
+        #[command(flatten)]
+        rotating: RotatingArgs,
     },
     /// Validate a config file (knockd.conf or .toml), summarise its doors and warn about
     /// weak sequences and commands that lock out or expose (`warning: FILE:LINE: ...`).
@@ -139,8 +162,26 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             sesame_engine::spa_client::send(&plan).map(|_| ())
         }
-        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, .. } => {
-            let mut plan = KnockPlan::new(host, &ports, udp)?;
+        Command::Knock { udp, delay, ipv4, ipv6, verbose, host, ports, rotating, .. } => {
+            let mut plan = match &rotating.secret_file {
+                Some(file) => {
+                    use sesame_engine::rotating::Params;
+                    let mut params = Params::default();
+                    if let Some(range) = &rotating.port_range {
+                        (params.lo, params.hi) = Params::parse_ports(range).map_err(anyhow::Error::msg)?;
+                    }
+                    params.step = rotating.step.unwrap_or(params.step);
+                    params.length = rotating.length.unwrap_or(params.length);
+                    KnockPlan::rotating(host, file, &params, rotating.at)?
+                }
+                None => {
+                    let r = &rotating;
+                    if r.step.is_some() || r.length.is_some() || r.port_range.is_some() || r.at.is_some() {
+                        anyhow::bail!("--step, --length, --ports and --at go with --secret-file");
+                    }
+                    KnockPlan::new(host, &ports, udp)?
+                }
+            };
             plan.delay = Duration::from_millis(delay);
             plan.family = if ipv4 {
                 Family::V4
@@ -217,6 +258,21 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["sesame", "knock", "-4", "-6", "h", "1"]).is_err());
+    }
+
+    #[test]
+    fn knock_takes_a_secret_file_instead_of_ports() {
+        let c = Cli::try_parse_from(["sesame", "knock", "--secret-file", "s", "--step", "5", "h"]).unwrap();
+        match c.command {
+            Command::Knock { ports, rotating, .. } => {
+                assert!(ports.is_empty());
+                assert_eq!(rotating.secret_file, Some(PathBuf::from("s")));
+                assert_eq!((rotating.step, rotating.length, rotating.port_range), (Some(5), None, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["sesame", "knock", "h"]).is_err(), "ports or a secret file");
+        assert!(Cli::try_parse_from(["sesame", "knock", "--secret-file", "s", "h", "7000"]).is_err());
     }
 
     #[test]

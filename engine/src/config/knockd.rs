@@ -93,6 +93,8 @@ struct Draft {
     header_line: usize,
     sequence_line: Option<usize>,
     one_time: Option<(PathBuf, usize)>,
+    /// sesame-only: `Sequence_Secret_File` and the keys that go with it.
+    rotation: super::rotation::RotationKeys,
     /// The line of the last sesame-only `Open`/`Backend` key, for their errors.
     firewall_line: Option<usize>,
     /// The first `SPA_*` key's line.
@@ -118,6 +120,7 @@ enum Key {
     Open,
     Backend,
     Spa(&'static str),
+    Rotation(super::rotation::RotationKey),
 }
 
 impl Key {
@@ -144,7 +147,7 @@ impl Key {
             "SPA_PORT" => Key::Spa("port"),
             "SPA_MAX_AGE" => Key::Spa("max_age"),
             "SPA_ALLOW_OTHER_ADDRESS" => Key::Spa("allow_other_address"),
-            _ => return None,
+            _ => Key::Rotation(super::rotation::RotationKey::of(upper)?),
         })
     }
 
@@ -222,6 +225,7 @@ impl Parser<'_> {
                 header_line: n,
                 sequence_line: None,
                 one_time: None,
+                rotation: Default::default(),
                 firewall_line: None,
                 spa_line: None,
             }))
@@ -290,6 +294,7 @@ impl Parser<'_> {
                 super::spa_door::set(door, name, value)?;
                 draft.spa_line.get_or_insert(n);
             }
+            Key::Rotation(key) => draft.rotation.set(key, value, n)?,
             Key::UseSyslog | Key::LogFile | Key::PidFile | Key::Interface => {
                 unreachable!("not a door key")
             }
@@ -304,11 +309,16 @@ impl Parser<'_> {
             return Ok(());
         };
         let mut door = draft.door;
+        if let Some(line) = draft.rotation.line {
+            let other = draft.one_time.is_some() || !door.sequence.is_empty();
+            draft.rotation.finish(&mut door, other).map_err(|p| self.error(line, p))?;
+            door.lines.sequence = line;
+        }
         if let Some((path, line)) = draft.one_time {
             door.sequence = onetime::initial_sequence(&path).map_err(|p| self.error(line, p))?;
             door.one_time = Some(OneTimeSequences { path });
             door.lines.sequence = line;
-        } else if door.sequence.is_empty() && door.spa.is_none() {
+        } else if door.sequence.is_empty() && door.spa.is_none() && door.rotating.is_none() {
             let line = draft.sequence_line.unwrap_or(draft.header_line);
             return Err(self.error(line, Problem::EmptySequence(door.name)));
         }

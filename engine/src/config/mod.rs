@@ -8,8 +8,11 @@
 pub mod knockd;
 pub mod native;
 pub mod onetime;
+pub mod rotation;
 pub mod spa_door;
 mod summary;
+
+pub use rotation::RotatingSequence;
 
 use sesame_capture::Proto;
 pub use sesame_firewall::backend::{Port, L4};
@@ -214,6 +217,8 @@ pub struct Door {
     /// The sequence; for a one-time door, the current (first unused) line of its file.
     pub sequence: Vec<Step>,
     pub one_time: Option<OneTimeSequences>,
+    /// sesame-only: ports derived per time step from a secret (`sequence` is empty then).
+    pub rotating: Option<RotatingSequence>,
     /// Seconds for the whole sequence from the first knock.
     pub seq_timeout: u32,
     pub tcp_flags: TcpFlagRule,
@@ -281,6 +286,7 @@ impl Door {
             name: name.into(),
             sequence,
             one_time: None,
+            rotating: None,
             seq_timeout: DEFAULT_SEQ_TIMEOUT,
             tcp_flags: TcpFlagRule::default(),
             start_command: None,

@@ -281,6 +281,10 @@ struct DoorToml {
     name: Spanned<String>,
     sequence: Option<Spanned<List>>,
     one_time_sequences: Option<Spanned<String>>,
+    sequence_secret_file: Option<Spanned<String>>,
+    sequence_step: Option<Spanned<i64>>,
+    sequence_length: Option<Spanned<i64>>,
+    sequence_ports: Option<Spanned<String>>,
     seq_timeout: Option<Spanned<i64>>,
     tcp_flags: Option<Spanned<List>>,
     start_command: Option<Spanned<String>>,
@@ -373,13 +377,18 @@ fn door(spanned: Spanned<DoorToml>, lines: &Lines) -> Result<Door, (Span, Proble
         door.lines.sequence = line(seq.span());
         door.sequence = sequence(seq)?;
     }
+    let has_other = d.one_time_sequences.is_some() || !door.sequence.is_empty();
+    let rotation_keys = (d.sequence_secret_file, d.sequence_step, d.sequence_length, d.sequence_ports);
+    if let Some(line) = rotation(rotation_keys, &mut door, has_other, lines)? {
+        door.lines.sequence = line;
+    }
     if let Some(path) = d.one_time_sequences {
         let span = path.span();
         door.lines.sequence = line(span.clone());
         let path = PathBuf::from(path.into_inner());
         door.sequence = onetime::initial_sequence(&path).map_err(|p| (span, p))?;
         door.one_time = Some(OneTimeSequences { path });
-    } else if door.sequence.is_empty() && d.spa_keys.is_none() {
+    } else if door.sequence.is_empty() && d.spa_keys.is_none() && door.rotating.is_none() {
         return Err((sequence_span.unwrap_or(table_span), Problem::EmptySequence(door.name)));
     }
     if let Some(t) = d.seq_timeout {
@@ -445,6 +454,40 @@ fn door(spanned: Spanned<DoorToml>, lines: &Lines) -> Result<Door, (Span, Proble
     }
     spa_door::finish(&mut door).map_err(|p| (spa_span, p))?;
     Ok(door)
+}
+
+/// The rotating-sequence keys (see [`super::rotation`]); the line of the first one, if any.
+type RotationToml =
+    (Option<Spanned<String>>, Option<Spanned<i64>>, Option<Spanned<i64>>, Option<Spanned<String>>);
+
+fn rotation(
+    (secret_file, step, length, ports): RotationToml,
+    door: &mut Door,
+    has_other: bool,
+    lines: &Lines,
+) -> Result<Option<usize>, (Span, Problem)> {
+    use super::rotation::{RotationKey, RotationKeys};
+    let mut keys = RotationKeys::default();
+    let mut first: Option<Span> = None;
+    let mut set = |key: RotationKey, value: String, span: Span| {
+        first = Some(first.take().filter(|f| f.start < span.start).unwrap_or(span.clone()));
+        keys.set(key, &value, lines.line_of(span.start)).map_err(|p| (span, p))
+    };
+    if let Some(v) = &secret_file {
+        set(RotationKey::SecretFile, v.get_ref().clone(), v.span())?;
+    }
+    for (key, v) in [(RotationKey::Step, &step), (RotationKey::Length, &length)] {
+        if let Some(v) = v {
+            set(key, v.get_ref().to_string(), v.span())?;
+        }
+    }
+    if let Some(v) = &ports {
+        set(RotationKey::Ports, v.get_ref().clone(), v.span())?;
+    }
+    let Some(span) = first else { return Ok(None) };
+    let line = lines.line_of(span.start);
+    keys.finish(door, has_other).map_err(|p| (span, p))?;
+    Ok(Some(line))
 }
 
 /// A list's words: a string split at `separators`, or an array's strings (an integer
@@ -667,6 +710,14 @@ struct DoorOut<'a> {
     sequence: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     one_time_sequences: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_secret_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_step: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_length: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sequence_ports: Option<String>,
     seq_timeout: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tcp_flags: Vec<String>,
@@ -698,9 +749,15 @@ struct DoorOut<'a> {
 fn door_out(door: &Door) -> DoorOut<'_> {
     DoorOut {
         name: &door.name,
-        sequence: (door.one_time.is_none() && !(door.spa.is_some() && door.sequence.is_empty()))
-            .then(|| door.sequence.iter().map(Step::to_string).collect()),
+        sequence: (door.one_time.is_none()
+            && door.rotating.is_none()
+            && !(door.spa.is_some() && door.sequence.is_empty()))
+        .then(|| door.sequence.iter().map(Step::to_string).collect()),
         one_time_sequences: door.one_time.as_ref().map(|o| o.path.to_string_lossy().into_owned()),
+        sequence_secret_file: door.rotating.as_ref().map(|r| r.secret_file.to_string_lossy().into_owned()),
+        sequence_step: door.rotating.as_ref().map(|r| r.params.step),
+        sequence_length: door.rotating.as_ref().map(|r| r.params.length),
+        sequence_ports: door.rotating.as_ref().map(|r| format!("{}-{}", r.params.lo, r.params.hi)),
         seq_timeout: door.seq_timeout,
         tcp_flags: flag_names(door.tcp_flags),
         target: door.target.map(|t| t.to_string()),

@@ -39,7 +39,16 @@ impl Config {
 
 fn door_block(out: &mut String, door: &Door) {
     line(out, 0, &format!("door {}:", door.name), "");
-    let sequence = if let (true, Some(spa)) = (door.sequence.is_empty(), &door.spa) {
+    let sequence = if let Some(r) = &door.rotating {
+        format!(
+            "rotating: {} ports in {}-{}, new every {}s, from {}",
+            r.params.length,
+            r.params.lo,
+            r.params.hi,
+            r.params.step,
+            r.secret_file.display()
+        )
+    } else if let (true, Some(spa)) = (door.sequence.is_empty(), &door.spa) {
         let other = if spa.allow_other_address { ", any address asked for" } else { "" };
         format!(
             "none: SPA on udp/{} (keys {}, max age {}s{other})",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub(crate) fn reload(
     s: &Settings,
     interfaces: &Interfaces,
+    running: &Doors,
     firewall: &Firewall,
     workers: &[WorkerHandle],
     log: &Log,
@@ -24,6 +25,8 @@ pub(crate) fn reload(
     let attempt = || -> anyhow::Result<(Config, Arc<Doors>, Arc<Firewall>)> {
         let config = Config::load(&s.config)?;
         let doors = Doors::new(&config)?;
+        // A used rotating sequence stays used across the reload.
+        doors.carry_over(running);
         // Every interface's filter must build before any worker switches.
         for slot in 0..interfaces.len() {
             if let State::Present { link, local, .. } = interfaces.state(slot) {

@@ -137,8 +137,14 @@ impl Supervisor<'_> {
             }
             if hup.swap(false, Ordering::Relaxed) {
                 let _ = self.settings.notify.reloading();
-                let reloaded =
-                    reload(self.settings, &self.interfaces, &self.firewall, self.workers, self.log);
+                let reloaded = reload(
+                    self.settings,
+                    &self.interfaces,
+                    &self.doors,
+                    &self.firewall,
+                    self.workers,
+                    self.log,
+                );
                 // READY=1 also when the running configuration was kept: it still runs.
                 let _ = self.settings.notify.notify("READY=1");
                 if let Some((doors, firewall)) = reloaded {

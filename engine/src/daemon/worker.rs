@@ -186,7 +186,7 @@ impl Sink for WorkerSink {
                     timeout: Duration::from_secs(u64::from(d.cmd_timeout)),
                 });
             }
-            Event::Stage { .. } | Event::Timeout { .. } => {
+            Event::Stage { .. } | Event::Timeout { .. } | Event::Replayed { .. } => {
                 if self.limiter.allow(self.now) {
                     self.log.offer(LogItem::Event(event));
                 }
