@@ -269,7 +269,8 @@ pub(crate) struct Scheduler {
     limits: Limits,
     counters: Arc<Counters>,
     bucket: TokenBucket,
-    /// The firewall's measured cost per operation, which bounds the grants open at once.
+    /// The firewall's measured cost per operation, which bounds the grants falling due
+    /// together.
     pace: Pace,
     /// Until when the new grant at the front of the fresh lane is held by the bound
     /// on grants falling due together (as last found by `dispatch`).
@@ -671,6 +672,8 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, now: Now) {
+        // Found afresh each time, so a hold from an earlier pass never outlives its grant.
+        self.fresh_wait = None;
         let stops = self.shutting_stops();
         while self.running < self.limits.concurrency {
             let internal = !self.internal.is_empty();
