@@ -10,7 +10,7 @@
 
 use crate::config::onetime::{OneTimeFile, OneTimeLine};
 use crate::config::{BackendKind, Config, ConfigError, Door, Step, TcpFlagRule};
-use crate::rotating::Live;
+use crate::rotating::{ClaimStore, Live};
 use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::{CaptureError, Knock, Link, Proto};
 use std::collections::HashMap;
@@ -172,6 +172,16 @@ impl Doors {
             });
             if let Some(same) = same {
                 live.set_used(same.used());
+            }
+        }
+    }
+
+    /// Has every rotating door record its used steps in `store` too, so that a restart
+    /// keeps them.
+    pub(crate) fn persist_claims(&self, store: &Arc<dyn ClaimStore>) {
+        for (d, live) in self.initial.iter().zip(&self.rotating) {
+            if let Some(live) = live {
+                live.persist_in(store.clone(), &d.key.name());
             }
         }
     }

@@ -61,6 +61,9 @@ pub fn event_message(event: &Event, door_name: &str, host: Option<&str>) -> Mess
         Event::OneTimeError { message, .. } => Message::plain(format!(
             "error: one time sequences file for door {door_name}: {message} --> disabling the door"
         )),
+        Event::ClaimUnsaved { message, .. } => Message::plain(format!(
+            "error: door {door_name}: {message}: the used rotating sequence is remembered only until sesamed restarts"
+        )),
     }
 }
 
@@ -412,7 +415,7 @@ fn event_ip(e: &Event) -> Option<IpAddr> {
         | Event::Open { src, .. }
         | Event::Timeout { src, .. }
         | Event::Replayed { src, .. } => Some(*src),
-        Event::DoorDisabled { .. } | Event::OneTimeError { .. } => None,
+        Event::DoorDisabled { .. } | Event::OneTimeError { .. } | Event::ClaimUnsaved { .. } => None,
     }
 }
 

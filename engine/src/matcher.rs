@@ -27,6 +27,7 @@ use crate::doors::{DoorId, DoorKey, DoorState, Doors};
 use crate::filter_spec;
 use crate::knocking::{Advance, Knocking, Opened, Start};
 use crate::port_index::PortIndex;
+use crate::rotating::Claim;
 use crate::tracker::{Bucket, Inserted, Tracker, TrackerStats};
 use sesame_capture::filter::{FilterSpec, Program};
 use sesame_capture::{CaptureError, Knock, Link};
@@ -57,6 +58,9 @@ pub enum Event {
     /// `IP: DOOR: sequence already used in this time step, not opened`: a rotating
     /// sequence completed again in the step in which it had opened.
     Replayed { src: IpAddr, door: DoorKey },
+    /// A rotating sequence opened, but that it was used could not be stored: a restart
+    /// within its step would let it open again.
+    ClaimUnsaved { door: DoorKey, message: String },
 }
 
 impl Event {
@@ -67,7 +71,8 @@ impl Event {
             | Event::Timeout { door, .. }
             | Event::Replayed { door, .. }
             | Event::DoorDisabled { door }
-            | Event::OneTimeError { door, .. } => *door,
+            | Event::OneTimeError { door, .. }
+            | Event::ClaimUnsaved { door, .. } => *door,
         }
     }
 }
@@ -496,10 +501,16 @@ impl Matcher {
         {
             // A rotating sequence opens once in its step, whoever knocks it: a replay of
             // what an eavesdropper saw is refused.
-            if !live.claim(step) {
-                self.stats.replayed += 1;
-                out.event(Event::Replayed { src, door: self.doors[usize::from(id)].key });
-                return;
+            match live.claim(step) {
+                Claim::Fresh => {}
+                Claim::Used => {
+                    self.stats.replayed += 1;
+                    out.event(Event::Replayed { src, door: self.doors[usize::from(id)].key });
+                    return;
+                }
+                Claim::Unsaved(message) => {
+                    out.event(Event::ClaimUnsaved { door: self.doors[usize::from(id)].key, message })
+                }
             }
         }
         self.stats.opened += 1;

@@ -20,10 +20,10 @@
 //! Nothing here does I/O except [`read_secret`]; time comes in as an argument.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -199,6 +199,28 @@ pub fn derive(secret: &Secret, params: &Params, step: u64) -> Vec<u16> {
     ports
 }
 
+/// Where used steps are recorded beyond the process, so that a restart does not make
+/// a used sequence usable again. The daemon gives one backed by the replay file under
+/// its state directory; this module itself does no I/O.
+pub(crate) trait ClaimStore: fmt::Debug + Send + Sync {
+    /// Records `id` until `until` (Unix seconds): `Ok(true)` if it was new, `Ok(false)`
+    /// if it was recorded before (a step used before a restart), `Err` with why it
+    /// could not be kept.
+    fn record(&self, id: [u8; 32], until: u64) -> Result<bool, String>;
+}
+
+/// What [`Live::claim`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Not used before: it opens.
+    Fresh,
+    /// Used before in this step (here, or before a restart): it does not open.
+    Used,
+    /// Not used before, and it opens, but the store could not keep the mark (a restart
+    /// would forget it); why. Refusing would lock the operator out on a full disk.
+    Unsaved(String),
+}
+
 /// A rotating door's secret and parameters, and the steps whose sequence has opened
 /// it, shared by every worker: a sequence opens its door once in its step, whoever
 /// knocks it.
@@ -207,28 +229,67 @@ pub(crate) struct Live {
     pub(crate) secret: Secret,
     pub(crate) params: Params,
     used: Mutex<Vec<u64>>,
+    /// The store and the door's name, once the daemon has given them.
+    store: OnceLock<(Arc<dyn ClaimStore>, String)>,
 }
 
 impl Live {
     pub(crate) fn new(secret: Secret, params: Params) -> Live {
-        Live { secret, params, used: Mutex::new(Vec::new()) }
+        Live { secret, params, used: Mutex::new(Vec::new()), store: OnceLock::new() }
     }
 
     pub(crate) fn ports(&self, step: u64) -> Vec<u16> {
         derive(&self.secret, &self.params, step)
     }
 
-    /// Marks `step`'s sequence used; false if it already was. Steps older than the one
-    /// before `step` are forgotten: they cannot open anything any more.
-    pub(crate) fn claim(&self, step: u64) -> bool {
+    /// Records every claim in `store` too, under the door's name (a first store stays).
+    pub(crate) fn persist_in(&self, store: Arc<dyn ClaimStore>, door: &str) {
+        let _ = self.store.set((store, door.to_owned()));
+    }
+
+    /// What names `step` of this door in the store: the door, its secret and parameters
+    /// and the step, hashed (the secret is not kept in the clear on disk). A door whose
+    /// secret or parameters change derives other sequences, and gets other names.
+    fn claim_id(&self, door: &str, step: u64) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"sesame rotating claim\0");
+        h.update((door.len() as u64).to_be_bytes());
+        h.update(door.as_bytes());
+        h.update((self.secret.0.len() as u64).to_be_bytes());
+        h.update(&self.secret.0);
+        h.update(self.params.step.to_be_bytes());
+        h.update([self.params.length]);
+        h.update(self.params.lo.to_be_bytes());
+        h.update(self.params.hi.to_be_bytes());
+        h.update(step.to_be_bytes());
+        h.finalize().into()
+    }
+
+    /// Marks `step`'s sequence used, unless it already was, in this process or (with a
+    /// store) before a restart. Steps older than the one before `step` are forgotten:
+    /// they cannot open anything any more.
+    pub(crate) fn claim(&self, step: u64) -> Claim {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let newest = used.iter().copied().max().unwrap_or(step).max(step);
         used.retain(|&s| s + 1 >= newest);
         if used.contains(&step) {
-            return false;
+            return Claim::Used;
         }
-        used.push(step);
-        true
+        let claim = match self.store.get() {
+            // The sequence opens in its step and the next: the mark must last as long.
+            Some((store, door)) => {
+                match store.record(self.claim_id(door, step), self.params.next_boundary(step + 1)) {
+                    Ok(true) => Claim::Fresh,
+                    Ok(false) => Claim::Used,
+                    Err(e) => Claim::Unsaved(e),
+                }
+            }
+            None => Claim::Fresh,
+        };
+        if claim != Claim::Used {
+            used.push(step);
+        }
+        claim
     }
 
     /// The steps marked used, for a reload to carry over when the door is unchanged.
@@ -383,11 +444,11 @@ mod tests {
     #[test]
     fn a_step_is_claimed_once_and_old_steps_are_forgotten() {
         let live = Live::new(Secret::new(*b"0123456789abcdef"), Params::default());
-        assert!(live.claim(10));
-        assert!(!live.claim(10));
-        assert!(live.claim(9), "the previous step is its own sequence");
-        assert!(!live.claim(9));
-        assert!(live.claim(11));
+        assert_eq!(live.claim(10), Claim::Fresh);
+        assert_eq!(live.claim(10), Claim::Used);
+        assert_eq!(live.claim(9), Claim::Fresh, "the previous step is its own sequence");
+        assert_eq!(live.claim(9), Claim::Used);
+        assert_eq!(live.claim(11), Claim::Fresh);
         assert_eq!(
             {
                 let mut u = live.used();
@@ -397,6 +458,56 @@ mod tests {
             [10, 11],
             "step 9 can no longer open anything, so it is forgotten"
         );
+    }
+
+    /// A store as the daemon's replay file is: it outlives the `Live` (the process).
+    #[derive(Debug, Default)]
+    struct Kept {
+        ids: Mutex<Vec<([u8; 32], u64)>>,
+        broken: bool,
+    }
+
+    impl ClaimStore for Kept {
+        fn record(&self, id: [u8; 32], until: u64) -> Result<bool, String> {
+            if self.broken {
+                return Err("disk full".into());
+            }
+            let mut ids = self.ids.lock().unwrap();
+            if ids.iter().any(|(i, _)| *i == id) {
+                return Ok(false);
+            }
+            ids.push((id, until));
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn a_stored_claim_survives_a_restart_and_names_door_secret_and_step() {
+        let params = Params { step: 30, ..Params::default() };
+        let store = Arc::new(Kept::default());
+        let before = Live::new(Secret::new(*b"0123456789abcdef"), params);
+        before.persist_in(store.clone(), "ssh");
+        assert_eq!(before.claim(10), Claim::Fresh);
+        // It is kept through the next step, when the sequence can still open.
+        assert_eq!(store.ids.lock().unwrap()[0].1, params.next_boundary(11));
+        // The restarted daemon: a new `Live`, nothing in memory, the same store.
+        let after = Live::new(Secret::new(*b"0123456789abcdef"), params);
+        after.persist_in(store.clone(), "ssh");
+        assert_eq!(after.claim(10), Claim::Used, "used before the restart");
+        assert_eq!(after.claim(11), Claim::Fresh);
+        // Another door, or another secret, derives other sequences: its own marks.
+        let other = Live::new(Secret::new(*b"0123456789abcdef"), params);
+        other.persist_in(store.clone(), "rdp");
+        assert_eq!(other.claim(10), Claim::Fresh);
+        let rekeyed = Live::new(Secret::new(*b"fedcba9876543210"), params);
+        rekeyed.persist_in(store.clone(), "ssh");
+        assert_eq!(rekeyed.claim(10), Claim::Fresh);
+        // A store that cannot keep the mark: it opens, says why, and the mark holds in
+        // memory.
+        let broken = Live::new(Secret::new(*b"0123456789abcdef"), params);
+        broken.persist_in(Arc::new(Kept { broken: true, ..Kept::default() }), "ssh");
+        assert_eq!(broken.claim(12), Claim::Unsaved("disk full".into()));
+        assert_eq!(broken.claim(12), Claim::Used);
     }
 
     #[test]

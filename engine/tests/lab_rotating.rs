@@ -1,6 +1,7 @@
 //! A rotating door in the lab (issue 10, acceptance 5): the current sequence opens; the
 //! same packets replayed in that step do not; the previous step's sequence opens, the
-//! one before is refused. Knocks are sent with `sesame knock --secret-file`.
+//! one before is refused; and a sequence used before sesamed is killed stays used after
+//! its restart. Knocks are sent with `sesame knock --secret-file`.
 //!
 //! Timing: the step is 8 s and every knock of the test is sent in the first part of
 //! one step (the test waits for a boundary first), so a slow machine has several
@@ -12,7 +13,7 @@ use common::{Daemon, SESAME};
 use sesame_engine::rotating::{derive, Params, Secret};
 use sesame_lab::{wait_until, Lab, Netns, TempDir};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,13 +37,15 @@ fn knock(ns: &Netns, secret: &Path, dst: IpAddr, at: Option<u64>) {
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-#[test]
-fn current_opens_replay_does_not_previous_opens_the_one_before_is_refused() {
-    if !sesame_lab::require_root("current_opens_replay_does_not_previous_opens_the_one_before_is_refused") {
-        return;
-    }
-    let lab = Lab::new("rot").unwrap();
-    let dir = TempDir::new("rot").unwrap();
+/// A rotating door `rot` (step 8 s) whose command appends the knocker to `out`.
+struct Files {
+    conf: PathBuf,
+    log: PathBuf,
+    out: PathBuf,
+    secret: PathBuf,
+}
+
+fn files(dir: &TempDir) -> Files {
     let (conf, log, out, secret) =
         (dir.join("k.conf"), dir.join("k.log"), dir.join("out"), dir.join("secret"));
     std::fs::write(&secret, SECRET).unwrap();
@@ -56,6 +59,17 @@ fn current_opens_replay_does_not_previous_opens_the_one_before_is_refused() {
         out.display()
     );
     std::fs::write(&conf, text).unwrap();
+    Files { conf, log, out, secret }
+}
+
+#[test]
+fn current_opens_replay_does_not_previous_opens_the_one_before_is_refused() {
+    if !sesame_lab::require_root("current_opens_replay_does_not_previous_opens_the_one_before_is_refused") {
+        return;
+    }
+    let lab = Lab::new("rot").unwrap();
+    let dir = TempDir::new("rot").unwrap();
+    let Files { conf, log, out, secret } = files(&dir);
     let daemon = Daemon::start(&lab.server, &["-i", &lab.server_if], &conf, &log, &lab.server_if);
 
     // Start just after a step boundary, so that everything fits in one step; and in a
@@ -112,4 +126,48 @@ fn current_opens_replay_does_not_previous_opens_the_one_before_is_refused() {
     let mut want = vec![a.to_string(), c.to_string()];
     want.sort();
     assert_eq!(granted, want, "the commands ran for A and C once each");
+}
+
+#[test]
+fn a_sequence_used_before_a_crash_stays_used_after_the_restart() {
+    if !sesame_lab::require_root("a_sequence_used_before_a_crash_stays_used_after_the_restart") {
+        return;
+    }
+    let lab = Lab::new("rrs").unwrap();
+    let dir = TempDir::new("rrs").unwrap();
+    let Files { conf, log, out, secret } = files(&dir);
+    let args = ["-i", lab.server_if.as_str()];
+    let daemon = Daemon::start(&lab.server, &args, &conf, &log, &lab.server_if);
+    assert!(
+        wait_until(Duration::from_secs(STEP + 2), || unix_millis() % (STEP * 1000) < 300),
+        "no step boundary seen"
+    );
+    let step = unix_millis() / 1000 / STEP;
+    let (a, to_a) = (IpAddr::V4(lab.client_v4), IpAddr::V4(lab.server_v4));
+    knock(&lab.client, &secret, to_a, Some(step * STEP + 1));
+    assert!(
+        wait_until(Duration::from_secs(5), || common::read(&out).lines().count() == 1),
+        "{}",
+        daemon.diagnostics()
+    );
+
+    // A crash, and the restart on the same state directory (as systemd would).
+    daemon.child.signal("KILL").unwrap();
+    drop(daemon);
+    let daemon = Daemon::spawn(&lab.server, &args, &conf, &log);
+    let up = format!("starting up, listening on {}", lab.server_if);
+    assert!(
+        wait_until(Duration::from_secs(20), || daemon.count_messages(&up) == 2),
+        "{}",
+        daemon.diagnostics()
+    );
+    // The same sequence again: still its step, or the next (when the previous step's
+    // sequence is still accepted), so only the mark can refuse it.
+    knock(&lab.client, &secret, to_a, Some(step * STEP + 1));
+    let sent = unix_millis() / 1000 / STEP;
+    assert!(sent <= step + 1, "the restart took more than a step on this machine; the test is void");
+    let replay = format!("{a}: rot: sequence already used in this time step, not opened");
+    assert!(wait_until(Duration::from_secs(5), || daemon.has_message(&replay)), "{}", daemon.diagnostics());
+    assert_eq!(daemon.count_messages(&format!("{a}: rot: OPEN SESAME")), 1, "{}", daemon.diagnostics());
+    assert_eq!(common::read(&out).lines().count(), 1, "the command ran once");
 }

@@ -91,9 +91,8 @@ fn prepare(s: &Settings) -> anyhow::Result<Prepared> {
         }
     }
     let state_lock = lock_state_dir(&s.state_dir(&config))?;
-    if config.doors.iter().any(|d| d.spa.is_some()) {
-        spa::init(&s.state_dir(&config), worker::now_secs() as i64)?;
-    }
+    spa::init(&s.state_dir(&config), worker::now_secs() as i64)?;
+    doors.persist_claims(&spa::ReplayClaims::store());
     let metrics = s.metrics_listen.or(config.metrics.listen).map(metrics::bind).transpose()?;
     // Last, as it changes the firewall: sesame's table or chain, ports closed.
     let firewall = Arc::new(Firewall::for_config(&config, None)?);

@@ -25,8 +25,9 @@ pub(crate) fn reload(
     let attempt = || -> anyhow::Result<(Config, Arc<Doors>, Arc<Firewall>)> {
         let config = Config::load(&s.config)?;
         let doors = Doors::new(&config)?;
-        // A used rotating sequence stays used across the reload.
+        // A used rotating sequence stays used across the reload, and the restart after.
         doors.carry_over(running);
+        doors.persist_claims(&super::spa::ReplayClaims::store());
         // Every interface's filter must build before any worker switches.
         for slot in 0..interfaces.len() {
             if let State::Present { link, local, .. } = interfaces.state(slot) {

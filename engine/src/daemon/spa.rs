@@ -8,11 +8,12 @@ use super::worker::WorkerSink;
 use crate::doors::{DoorKey, Doors};
 use crate::log::{LogItem, Message};
 use crate::matcher::Event;
+use crate::rotating::ClaimStore;
 use crate::spa::{self, Grant, Policy, Refusal, ReplayCache};
 use sesame_firewall::GrantRequest;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// Digests the replay cache holds at most (each for at most its door's window).
@@ -35,11 +36,37 @@ fn replay() -> &'static Mutex<ReplayCache> {
     REPLAY.get_or_init(|| Mutex::new(ReplayCache::new(REPLAY_CAPACITY)))
 }
 
-/// Loads the persisted replay cache; call before the workers start.
+/// Loads the persisted replay cache; call before the workers start. Done whatever the
+/// config, so that an SPA or rotating door added by a reload is persisted too.
 pub(crate) fn init(state_dir: &Path, now: i64) -> Result<(), spa::ReplayError> {
     let cache = ReplayCache::open(&state_dir.join(REPLAY_FILE), REPLAY_CAPACITY, now)?;
     *replay().lock().unwrap_or_else(|p| p.into_inner()) = cache;
     Ok(())
+}
+
+/// The replay cache as the rotating doors' [`ClaimStore`]: a step's mark is kept in the
+/// same file as SPA digests, until its sequence can no longer open, so a sequence used
+/// before a restart stays used after it.
+#[derive(Debug)]
+pub(crate) struct ReplayClaims;
+
+impl ReplayClaims {
+    pub(crate) fn store() -> Arc<dyn ClaimStore> {
+        Arc::new(ReplayClaims)
+    }
+}
+
+impl ClaimStore for ReplayClaims {
+    fn record(&self, id: [u8; 32], until: u64) -> Result<bool, String> {
+        let now = super::worker::now_secs() as i64;
+        let until = i64::try_from(until).unwrap_or(i64::MAX);
+        match replay().lock().unwrap_or_else(|p| p.into_inner()).check_and_insert(id, until, now) {
+            Ok(None) => Ok(true),
+            Ok(Some(e)) => Err(e.to_string()),
+            Err(Refusal::Replay) => Ok(false),
+            Err(r) => Err(format!("replay cache: {r}")),
+        }
+    }
 }
 
 /// What became of one datagram.

@@ -191,7 +191,9 @@ impl Sink for WorkerSink {
                     self.log.offer(LogItem::Event(event));
                 }
             }
-            Event::DoorDisabled { .. } | Event::OneTimeError { .. } => self.log.send(LogItem::Event(event)),
+            Event::DoorDisabled { .. } | Event::OneTimeError { .. } | Event::ClaimUnsaved { .. } => {
+                self.log.send(LogItem::Event(event))
+            }
         }
     }
 }
