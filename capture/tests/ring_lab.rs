@@ -206,7 +206,15 @@ fn captures_exactly_the_listed_knocks() {
 fn many_datagrams_cross_blocks_without_drops() {
     in_server_ns("many_datagrams_cross_blocks_without_drops", |env| {
         const N: usize = 2000;
-        let cfg = RingConfig { block_size: 4096 * 4, block_count: 4, ..RingConfig::default() };
+        // Blocks hand over when full (about 170 of these frames) or after 50 ms: with
+        // the default 1 ms, each block would hold a dozen frames and the four would be
+        // full whenever the reader is off the CPU for 4 ms, as on a loaded machine.
+        let cfg = RingConfig {
+            block_size: 4096 * 4,
+            block_count: 4,
+            block_timeout_ms: 50,
+            ..RingConfig::default()
+        };
         let mut ring = knock_ring(env, &cfg, &[], &[9000]);
         // Paced a little (2 ms every 25) so a debug-build reader keeps up on 2 cores.
         let program = format!(
