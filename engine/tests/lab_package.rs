@@ -697,8 +697,10 @@ exec "$nspawn" -q -D "$root" --register=no --keep-unit --boot --console=pipe --c
 }
 
 #[test]
-fn under_systemd_the_watchdog_restarts_sesamed_when_a_capture_worker_is_stuck() {
-    if !require_root("under_systemd_the_watchdog_restarts_sesamed_when_a_capture_worker_is_stuck") {
+fn under_systemd_the_watchdog_restarts_sesamed_when_a_capture_worker_or_the_executor_is_stuck() {
+    if !require_root(
+        "under_systemd_the_watchdog_restarts_sesamed_when_a_capture_worker_or_the_executor_is_stuck",
+    ) {
         return;
     }
     let Some(root) = installed() else { return };
@@ -796,6 +798,45 @@ fn under_systemd_the_watchdog_restarts_sesamed_when_a_capture_worker_is_stuck() 
 
     let second = props["MainPID"].clone();
     os.stays_up("sesamed.service", &second, "1", Duration::from_secs(6), &diag);
+
+    // Hold the firewall executor of the new daemon (its capture workers run on): the
+    // watchdog fires again and systemd restarts it a second time.
+    let host_second = os.host_pid(&second).unwrap_or_else(|| panic!("no host pid for MainPID {second}"));
+    let tid = thread(host_second, "sesame-exec").unwrap_or_else(|| panic!("no sesame-exec in {host_second}"));
+    let held = Held::stop(tid);
+    let stopped = Instant::now();
+    let restarted = wait_until(Duration::from_secs(40), || {
+        held.exited();
+        props = os.show("sesamed.service");
+        props["NRestarts"] == "2" && props["ActiveState"] == "active" && props["MainPID"] != second
+    });
+    let took = stopped.elapsed();
+    assert!(restarted, "not restarted with the executor stuck: {props:?}\n{}", diag(&os));
+    drop(held);
+    let journal = os.journal("sesamed.service");
+    assert_eq!(
+        journal.matches("sesamed.service: Failed with result 'watchdog'.").count(),
+        2,
+        "two watchdog failures expected\n{}",
+        diag(&os)
+    );
+    assert!(
+        !Path::new(&format!("/proc/{host_second}")).exists(),
+        "the stuck sesamed {host_second} still runs"
+    );
+    eprintln!(
+        "watchdog: sesamed {second} restarted as {} {took:?} after its executor stopped",
+        props["MainPID"]
+    );
+    let third = props["MainPID"].clone();
+    let want_open = format!("{}: openSSH: OPEN SESAME", lab.client_v4);
+    let opens_before = root.read("/var/log/sesame.log").matches(&want_open).count();
+    assert!(
+        knock_until(&lab, || root.read("/var/log/sesame.log").matches(&want_open).count() > opens_before),
+        "the daemon restarted after the executor hold did not answer a knock\n{}",
+        diag(&os)
+    );
+    os.stays_up("sesamed.service", &third, "2", Duration::from_secs(4), &diag);
 
     // `systemctl stop`: a clean stop, not a failure.
     let stop = os.command(&["systemctl", "stop", "sesamed.service"]).output().unwrap();
